@@ -1,0 +1,72 @@
+"""Canonical models of Diasyndesi: the single source for API, events and JSON Schemas."""
+
+from schemas.base import CanonicalModel
+from schemas.codes import (
+    SPECIAL_CATEGORY_VULNERABILITIES,
+    DeliveryState,
+    EnrollmentStatus,
+    Gender,
+    IdentifierType,
+    ProgrammeCode,
+    Vulnerability,
+)
+from schemas.events import (
+    DELIVERY_FAILED,
+    DELIVERY_SUCCEEDED,
+    EVENT_MODELS,
+    EVENT_TOPICS,
+    REFERRAL_SUBMITTED,
+    REFERRAL_WITHDRAWN,
+    STATUS_CHANGED,
+    TOPIC_DELIVERIES,
+    TOPIC_REFERRALS,
+    TOPIC_STATUS,
+    AgencyStatusUpdate,
+    DeliveryOutcome,
+    ReferralSubmitted,
+    ReferralWithdrawn,
+    StatusChanged,
+)
+from schemas.export import export_json_schemas, stale_json_schemas
+from schemas.referral import (
+    Address,
+    Beneficiary,
+    Consent,
+    Identifier,
+    Referral,
+    ReferralRequest,
+)
+
+__all__ = [
+    "DELIVERY_FAILED",
+    "DELIVERY_SUCCEEDED",
+    "EVENT_MODELS",
+    "EVENT_TOPICS",
+    "REFERRAL_SUBMITTED",
+    "REFERRAL_WITHDRAWN",
+    "SPECIAL_CATEGORY_VULNERABILITIES",
+    "STATUS_CHANGED",
+    "TOPIC_DELIVERIES",
+    "TOPIC_REFERRALS",
+    "TOPIC_STATUS",
+    "Address",
+    "AgencyStatusUpdate",
+    "Beneficiary",
+    "CanonicalModel",
+    "Consent",
+    "DeliveryOutcome",
+    "DeliveryState",
+    "EnrollmentStatus",
+    "Gender",
+    "Identifier",
+    "IdentifierType",
+    "ProgrammeCode",
+    "Referral",
+    "ReferralRequest",
+    "ReferralSubmitted",
+    "ReferralWithdrawn",
+    "StatusChanged",
+    "Vulnerability",
+    "export_json_schemas",
+    "stale_json_schemas",
+]

@@ -1,0 +1,80 @@
+"""The connector seam: what every agency connector implements, written down once.
+
+Lifecycle (as Kafka Connect's SinkTask): ``start()`` once, then ``deliver()`` many times,
+possibly concurrently, then ``stop()`` once. A connector only *classifies* failures: it
+raises ``RetryableError`` (the agency may accept the same delivery later) or
+``PermanentError`` (it never will); the hub owns retrying, with one policy for all.
+No aiohttp, zeep or other library exception may escape ``deliver``.
+
+Every delivery carries ``idempotency_key``, derived from (event id, agency): the same
+referral re-sent after a crash, a re-drive or a replay carries the same key, so the agency
+can recognise it. A connector returns the agency's own reference for the referral.
+On rebalance the hub drains in-flight deliveries before giving up partitions; a connector
+keeps no per-partition state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from hub.errors import PermanentError, RetryableError
+from schemas.codes import EnrollmentStatus
+
+__all__ = [
+    "Connector",
+    "Delivery",
+    "PermanentError",
+    "Receipt",
+    "RetryableError",
+    "idempotency_key",
+]
+
+
+def idempotency_key(event_id: str, agency: str) -> str:
+    """Deterministic key per (event, agency): stable across re-publish, re-drive and replay."""
+    digest = hashlib.sha256(f"{event_id}|{agency}".encode()).hexdigest()
+    return f"dsy-{digest[:40]}"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One referral for one agency, already mapped to the agency's payload."""
+
+    event_id: str
+    referral_id: str
+    agency: str
+    idempotency_key: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What the agency said when it took the delivery."""
+
+    reference: str | None
+    status: EnrollmentStatus | None = None
+    duplicate: bool = False
+
+
+class Connector(ABC):
+    """Base class of every agency connector (one instance per agency)."""
+
+    family: ClassVar[str]
+
+    def __init__(self, agency: str) -> None:
+        self.agency = agency
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Open sessions, fetch credentials or WSDLs; fail fast on bad configuration."""
+
+    @abstractmethod
+    async def deliver(self, delivery: Delivery) -> Receipt:
+        """Hand one referral to the agency. Raise RetryableError or PermanentError."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Release sessions; called once, after the last deliver has returned."""

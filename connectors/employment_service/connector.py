@@ -1,0 +1,67 @@
+"""The employment service (ΔΥΠΑ) connector: REST/JSON with OAuth2 client credentials.
+
+The agency deduplicates by ``Idempotency-Key`` itself, so a repeat is safe to send.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from connectors.base import Connector, Delivery, Receipt
+from connectors.employment_service.client import EmploymentServiceClient
+from schemas.codes import EnrollmentStatus
+
+
+class EmploymentServiceConnector(Connector):
+    family = "employment_service"
+
+    def __init__(
+        self,
+        agency: str,
+        *,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        timeout_s: float = 10.0,
+        max_connections: int = 64,
+    ) -> None:
+        super().__init__(agency)
+        self._base_url = base_url
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._timeout_s = timeout_s
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._client: EmploymentServiceClient | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._max_connections),
+            raise_for_status=False,
+        )
+        self._client = EmploymentServiceClient(
+            self._base_url,
+            self._client_id,
+            self._client_secret,
+            timeout_s=self._timeout_s,
+            session=self._session,
+        )
+
+    async def deliver(self, delivery: Delivery) -> Receipt:
+        assert self._client is not None, "deliver() before start()"
+        registration = await self._client.register(delivery.payload, delivery.idempotency_key)
+        status = (
+            EnrollmentStatus(registration.status)
+            if registration.status in EnrollmentStatus.__members__.values()
+            else None
+        )
+        return Receipt(
+            reference=registration.registration_number,
+            status=status,
+            duplicate=registration.duplicate,
+        )
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,407 @@
+"""Pieces shared by every sandbox agency: a ledger, fault knobs and a status pusher.
+
+The sandboxes stand in for real agencies in tests, the demo and benchmarks, so each must
+behave like one: remember what it received (also across restarts), enforce its own
+idempotency, fail on demand and report status changes back to the hub. Keeping those
+behaviours here means the four agency simulators only differ where the agencies do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+log = structlog.get_logger(__name__)
+
+__all__ = [
+    "FaultKnobs",
+    "Faults",
+    "IdempotencyKeyReused",
+    "ReceivedRecord",
+    "SandboxLedger",
+    "StatusPusher",
+    "add_sandbox_routes",
+    "apply_faults",
+    "utc_now",
+]
+
+
+def utc_now() -> datetime:
+    """Timezone-aware now; the hub's contract requires offsets on every timestamp."""
+    return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------- ledger
+
+
+class IdempotencyKeyReused(Exception):
+    """A known idempotency key arrived with a different body (Stripe answers 422 to this)."""
+
+    def __init__(self, idempotency_key: str) -> None:
+        super().__init__("idempotency key reused with a different body")
+        self.idempotency_key = idempotency_key
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedRecord:
+    """One call as the agency saw it; `reference` is the agency's own number for it."""
+
+    idempotency_key: str
+    referral_id: str
+    payload: dict[str, Any]
+    received_at: datetime
+    duplicate: bool
+    reference: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The shape promised by `GET /_sandbox/received` (DESIGN.md, Contract details)."""
+        return {
+            "idempotency_key": self.idempotency_key,
+            "referral_id": self.referral_id,
+            "payload": self.payload,
+            "received_at": self.received_at.isoformat(),
+            "duplicate": self.duplicate,
+        }
+
+    def to_json_line(self) -> str:
+        return json.dumps({**self.public(), "reference": self.reference}, ensure_ascii=False)
+
+    @classmethod
+    def from_json_line(cls, line: str) -> ReceivedRecord:
+        raw = json.loads(line)
+        return cls(
+            idempotency_key=str(raw["idempotency_key"]),
+            referral_id=str(raw["referral_id"]),
+            payload=dict(raw["payload"]),
+            received_at=datetime.fromisoformat(raw["received_at"]),
+            duplicate=bool(raw["duplicate"]),
+            reference=raw.get("reference"),
+        )
+
+
+class SandboxLedger:
+    """What the agency received, with idempotency enforced per key.
+
+    Every call to `record` is appended to the received list (repeats flagged
+    `duplicate=True`), so tests can count duplicates the hub caused. Operations are
+    synchronous and guarded by a lock, so they are atomic on one event loop and safe
+    even from threads. With `state_file`, each entry is appended as a JSON line and
+    replayed on construction: a restarted agency still knows the keys it accepted.
+    """
+
+    def __init__(self, state_file: Path | None = None) -> None:
+        self._state_file = state_file
+        self._lock = threading.Lock()
+        self._entries: list[ReceivedRecord] = []
+        self._by_key: dict[str, ReceivedRecord] = {}
+        self._by_reference: dict[str, ReceivedRecord] = {}
+        if state_file is not None and state_file.exists():
+            self._load(state_file)
+
+    def _load(self, state_file: Path) -> None:
+        skipped = 0
+        with state_file.open(encoding="utf-8") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                try:
+                    self._remember(ReceivedRecord.from_json_line(line))
+                except (ValueError, KeyError, TypeError):
+                    skipped += 1  # a torn last line after a crash; the rest is still good
+        log.info("sandbox_ledger_loaded", entries=len(self._entries), skipped=skipped)
+
+    def _remember(self, rec: ReceivedRecord) -> None:
+        self._entries.append(rec)
+        if not rec.duplicate:
+            self._by_key[rec.idempotency_key] = rec
+            if rec.reference is not None:
+                self._by_reference[rec.reference] = rec
+
+    def _persist(self, rec: ReceivedRecord) -> None:
+        if self._state_file is None:
+            return
+        self._state_file.parent.mkdir(parents=True, exist_ok=True)
+        with self._state_file.open("a", encoding="utf-8") as fh:
+            fh.write(rec.to_json_line() + "\n")
+
+    def record(
+        self,
+        idempotency_key: str,
+        referral_id: str,
+        payload: dict[str, Any],
+        make_reference: Callable[[int], str] | None = None,
+    ) -> tuple[ReceivedRecord, bool]:
+        """Record one call; return the original record and whether this call was new.
+
+        `make_reference(n)` builds the agency's number for the n-th accepted call (1-based)
+        and is only called for new keys. Raises `IdempotencyKeyReused` (recording nothing)
+        when a known key comes with a different payload.
+        """
+        with self._lock:
+            original = self._by_key.get(idempotency_key)
+            if original is not None:
+                if original.payload != payload:
+                    raise IdempotencyKeyReused(idempotency_key)
+                dup = ReceivedRecord(
+                    idempotency_key, original.referral_id, payload, utc_now(), True, None
+                )
+                self._persist(dup)
+                self._remember(dup)
+                return original, False
+            reference = make_reference(len(self._by_key) + 1) if make_reference else None
+            rec = ReceivedRecord(idempotency_key, referral_id, payload, utc_now(), False, reference)
+            self._persist(rec)
+            self._remember(rec)
+            return rec, True
+
+    def get(self, idempotency_key: str) -> ReceivedRecord | None:
+        return self._by_key.get(idempotency_key)
+
+    def by_reference(self, reference: str) -> ReceivedRecord | None:
+        return self._by_reference.get(reference)
+
+    def accepted(self) -> Iterable[ReceivedRecord]:
+        return list(self._by_key.values())
+
+    def received(self) -> list[dict[str, Any]]:
+        return [rec.public() for rec in self._entries]
+
+    def stats(self) -> dict[str, int]:
+        accepted = len(self._by_key)
+        return {
+            "received": len(self._entries),
+            "accepted": accepted,
+            "duplicates": len(self._entries) - accepted,
+        }
+
+    def reset(self) -> None:
+        """Forget everything, on disk too (tests only)."""
+        with self._lock:
+            self._entries.clear()
+            self._by_key.clear()
+            self._by_reference.clear()
+            if self._state_file is not None and self._state_file.exists():
+                self._state_file.write_text("", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- faults
+
+HANG_S = 600.0  # long enough that any sane client times out first
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw else default
+
+
+class FaultKnobs(BaseModel):
+    """Failure behaviour of the business endpoints, set by tests and the demo at runtime."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fail_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    latency_ms: int = Field(default=0, ge=0)
+    status: int = Field(default=503, ge=400, le=599)
+    outage_s: float = Field(default=0.0, ge=0.0)
+    hang: bool = False
+    malformed_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    @classmethod
+    def from_env(cls) -> FaultKnobs:
+        """Defaults from `SANDBOX_FAIL_RATE` and `SANDBOX_LATENCY_MS`, for `make run`/benchmarks."""
+        return cls(
+            fail_rate=_env_float("SANDBOX_FAIL_RATE", 0.0),
+            latency_ms=int(_env_float("SANDBOX_LATENCY_MS", 0.0)),
+        )
+
+
+class Faults:
+    """Holds the current knobs and the outage window they opened (knobs are replaced whole)."""
+
+    def __init__(self, knobs: FaultKnobs | None = None) -> None:
+        self.knobs = FaultKnobs()
+        self.outage_until = 0.0
+        self.set(knobs if knobs is not None else FaultKnobs.from_env())
+
+    def set(self, knobs: FaultKnobs) -> None:
+        self.knobs = knobs
+        self.outage_until = time.monotonic() + knobs.outage_s if knobs.outage_s else 0.0
+
+    def outage_remaining_s(self) -> float:
+        return max(0.0, self.outage_until - time.monotonic())
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.knobs.model_dump(), "outage_remaining_s": self.outage_remaining_s()}
+
+
+async def apply_faults(faults: Faults) -> Response | None:
+    """Inject the configured fault; a returned response must be sent instead of real work."""
+    knobs = faults.knobs
+    if knobs.latency_ms:
+        await asyncio.sleep(knobs.latency_ms / 1000)
+    if knobs.hang:
+        await asyncio.sleep(HANG_S)
+        return JSONResponse({"error": "timeout"}, status_code=504)
+    if faults.outage_remaining_s() > 0:
+        return JSONResponse(
+            {"error": "service_unavailable", "detail": "planned outage"},
+            status_code=knobs.status,
+            headers={"Retry-After": str(max(1, round(faults.outage_remaining_s())))},
+        )
+    if knobs.fail_rate and random.random() < knobs.fail_rate:
+        return JSONResponse({"error": "injected_fault"}, status_code=knobs.status)
+    if knobs.malformed_rate and random.random() < knobs.malformed_rate:
+        # What a misconfigured proxy in front of a real agency sends: 200, but not JSON.
+        return Response("<html><body>Gateway</body></html>", media_type="text/html")
+    return None
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def add_sandbox_routes(app: FastAPI, ledger: SandboxLedger, faults: Faults) -> None:
+    """Add the `/_sandbox/*` inspection and control routes (never subject to faults)."""
+
+    @app.get("/_sandbox/received", tags=["sandbox"])
+    async def sandbox_received() -> list[dict[str, Any]]:
+        return ledger.received()
+
+    @app.get("/_sandbox/stats", tags=["sandbox"])
+    async def sandbox_stats() -> dict[str, int]:
+        return ledger.stats()
+
+    @app.get("/_sandbox/faults", tags=["sandbox"])
+    async def sandbox_get_faults() -> dict[str, Any]:
+        return faults.describe()
+
+    @app.post("/_sandbox/faults", tags=["sandbox"])
+    async def sandbox_set_faults(knobs: FaultKnobs) -> dict[str, Any]:
+        faults.set(knobs)
+        log.info("sandbox_faults_set", **knobs.model_dump())
+        return faults.describe()
+
+    @app.post("/_sandbox/reset", tags=["sandbox"])
+    async def sandbox_reset() -> dict[str, int]:
+        ledger.reset()
+        return ledger.stats()
+
+
+# --------------------------------------------------------------------------- status push
+
+
+class StatusPusher:
+    """Reports status changes to the hub (`POST {hub_url}/v1/agencies/{agency}/status`).
+
+    Pushes run as background tasks so an unreachable hub never fails or slows the
+    agency's own answer. Connection errors and 5xx are retried a bounded number of
+    times with doubling backoff; a 4xx is the hub refusing, so it is not retried.
+    Only ids and status codes are logged: the referral payload is personal data.
+    """
+
+    def __init__(
+        self,
+        agency: str,
+        hub_url: str | None,
+        hub_token: str | None,
+        *,
+        attempts: int = 5,
+        backoff_s: float = 0.2,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self.agency = agency
+        self._url = f"{hub_url.rstrip('/')}/v1/agencies/{agency}/status" if hub_url else None
+        self._headers = {"Authorization": f"Bearer {hub_token}"} if hub_token else {}
+        self._attempts = attempts
+        self._backoff_s = backoff_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return self._url is not None
+
+    async def start(self) -> None:
+        if self._session is None and self.enabled:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+
+    async def close(self) -> None:
+        """Cancel pending pushes and close the session (called from the app's lifespan)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def schedule(
+        self, referral_id: str, reference: str, steps: list[tuple[float, str]]
+    ) -> asyncio.Task[None] | None:
+        """Push `steps` — (seconds after now, status) — in order, in one background task."""
+        if not self.enabled:
+            return None
+        task = asyncio.get_running_loop().create_task(self._run(referral_id, reference, steps))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _run(self, referral_id: str, reference: str, steps: list[tuple[float, str]]) -> None:
+        start = time.monotonic()
+        try:
+            for delay_s, status in steps:
+                wait = start + delay_s - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await self.push(referral_id, status, reference)
+        except Exception as exc:  # a bug here must not vanish into "never retrieved"
+            log.error("status_push_crashed", referral_id=referral_id, error=type(exc).__name__)
+
+    async def push(self, referral_id: str, status: str, reference: str) -> bool:
+        """Send one status change with retries; True if the hub accepted it. Never raises."""
+        if self._url is None:
+            return False
+        await self.start()
+        assert self._session is not None
+        body = {
+            "referral_id": referral_id,
+            "status": status,
+            "reference": reference,
+            "occurred_at": utc_now().isoformat(),
+        }
+        ids = {"agency": self.agency, "referral_id": referral_id, "status": status}
+        delay = self._backoff_s
+        for attempt in range(1, self._attempts + 1):
+            try:
+                async with self._session.post(self._url, json=body, headers=self._headers) as r:
+                    code = r.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("status_push_failed", attempt=attempt, error=type(exc).__name__, **ids)
+            else:
+                if code < 300:
+                    log.info("status_pushed", attempt=attempt, http_status=code, **ids)
+                    return True
+                if code < 500:
+                    log.error("status_push_refused", http_status=code, **ids)
+                    return False
+                log.warning("status_push_failed", attempt=attempt, http_status=code, **ids)
+            if attempt < self._attempts:
+                await asyncio.sleep(delay)
+                delay *= 2
+        log.error("status_push_gave_up", attempts=self._attempts, **ids)
+        return False

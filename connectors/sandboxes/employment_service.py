@@ -1,0 +1,236 @@
+"""Sandbox of the employment service (ΔΥΠΑ): REST/JSON behind OAuth2 client credentials.
+
+It behaves like the real registry would towards the hub's connector: tokens that expire,
+its own idempotency (a repeat key answers 200 with the first answer; a reused key with a
+different body is refused like Stripe does), its own registration numbers, status queries,
+and status pushed back to the hub — `received` at once, the decision after a delay.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote_plus
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from connectors.sandboxes.common import (
+    Faults,
+    IdempotencyKeyReused,
+    ReceivedRecord,
+    SandboxLedger,
+    StatusPusher,
+    add_sandbox_routes,
+    apply_faults,
+    utc_now,
+)
+
+__all__ = ["EmploymentSandboxConfig", "create_app"]
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+class EmploymentSandboxConfig(BaseModel):
+    """Settings of one ΔΥΠΑ sandbox; secrets are `SecretStr` so they never show in reprs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: str = "diasyndesi"
+    client_secret: SecretStr
+    hub_url: str | None = None
+    hub_token: SecretStr | None = None
+    agency_id: str = "dypa"
+    decision_delay_s: float = Field(default=2.0, ge=0.0)
+    decision: str = "accepted"
+    state_file: Path | None = None
+    token_ttl_s: int = Field(default=3600, gt=0)
+
+    @field_validator("client_secret")
+    @classmethod
+    def _secret_not_empty(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value():
+            raise ValueError("client_secret must not be empty")
+        return value
+
+
+def _error(status_code: int, error: str, **extra: Any) -> JSONResponse:
+    headers = extra.pop("headers", None)
+    return JSONResponse({"error": error, **extra}, status_code=status_code, headers=headers)
+
+
+class _TokenIssuer:
+    """Opaque bearer tokens in memory: a restarted registry forgets them, as real ones do."""
+
+    def __init__(self, client_id: str, client_secret: str, ttl_s: int) -> None:
+        self._client_id = client_id.encode()
+        self._client_secret = client_secret.encode()
+        self.ttl_s = ttl_s
+        self._expiry: dict[str, float] = {}
+
+    def client_ok(self, client_id: str, client_secret: str) -> bool:
+        id_ok = secrets.compare_digest(client_id.encode(), self._client_id)
+        secret_ok = secrets.compare_digest(client_secret.encode(), self._client_secret)
+        return id_ok and secret_ok
+
+    def issue(self) -> str:
+        now = time.monotonic()
+        for token in [t for t, exp in self._expiry.items() if exp <= now]:
+            del self._expiry[token]
+        token = secrets.token_urlsafe(32)
+        self._expiry[token] = now + self.ttl_s
+        return token
+
+    def valid(self, authorization: str | None) -> bool:
+        if not authorization:
+            return False
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return False
+        expiry = self._expiry.get(token.strip())
+        return expiry is not None and expiry > time.monotonic()
+
+
+def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str, str] | None:
+    """Client id and secret from HTTP Basic (preferred) or the form (RFC 6749 §2.3.1)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        client_id, sep, client_secret = decoded.partition(":")
+        if not sep:
+            return None
+        return unquote_plus(client_id), unquote_plus(client_secret)
+    if "client_id" in form and "client_secret" in form:
+        return form["client_id"], form["client_secret"]
+    return None
+
+
+def _missing_referral_id(body: dict[str, Any]) -> JSONResponse | None:
+    value = body.get("hub_referral_id")
+    if isinstance(value, str) and value:
+        return None
+    return _error(
+        422,
+        "validation_failed",
+        errors=[{"field": "hub_referral_id", "message": "required non-empty string"}],
+    )
+
+
+def create_app(config: EmploymentSandboxConfig) -> FastAPI:
+    """Build the ΔΥΠΑ sandbox; `app.state` exposes ledger, faults and pusher to tests."""
+    ledger = SandboxLedger(config.state_file)
+    faults = Faults()
+    hub_token = config.hub_token.get_secret_value() if config.hub_token else None
+    pusher = StatusPusher(config.agency_id, config.hub_url, hub_token)
+    tokens = _TokenIssuer(
+        config.client_id, config.client_secret.get_secret_value(), config.token_ttl_s
+    )
+    decision_delay = timedelta(seconds=config.decision_delay_s)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await pusher.start()
+        try:
+            yield
+        finally:
+            await pusher.close()
+
+    app = FastAPI(title="ΔΥΠΑ sandbox (employment service)", lifespan=lifespan)
+    app.state.ledger = ledger
+    app.state.faults = faults
+    app.state.pusher = pusher
+    add_sandbox_routes(app, ledger, faults)
+
+    def registration_status(rec: ReceivedRecord) -> str:
+        # Derived from time, not from push success: the decision happens whether or not
+        # the hub hears about it, and a restarted registry still answers consistently.
+        decided = utc_now() - rec.received_at >= decision_delay
+        return config.decision if decided else "received"
+
+    def unauthorized() -> JSONResponse:
+        headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        return _error(401, "invalid_token", headers=headers)
+
+    @app.post("/oauth/token", tags=["oauth"])
+    async def issue_token(request: Request) -> Response:
+        """OAuth2 client credentials grant (RFC 6749 §4.4), form-encoded body."""
+        raw = parse_qs((await request.body()).decode("utf-8", "replace"))
+        form = {key: values[0] for key, values in raw.items()}
+        creds = _client_credentials(request, form)
+        if creds is None or not tokens.client_ok(*creds):
+            headers = {"WWW-Authenticate": 'Basic realm="dypa"'}
+            return _error(401, "invalid_client", headers=headers)
+        grant = form.get("grant_type")
+        if grant is None:
+            return _error(400, "invalid_request", error_description="grant_type is required")
+        if grant != "client_credentials":
+            return _error(400, "unsupported_grant_type")
+        return JSONResponse(
+            {"access_token": tokens.issue(), "token_type": "Bearer", "expires_in": tokens.ttl_s},
+            headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+        )
+
+    @app.post("/api/v1/registrations", tags=["registrations"], status_code=201)
+    async def register(request: Request) -> Response:
+        """Register a referred citizen as unemployed; idempotent per `Idempotency-Key`."""
+        if (fault := await apply_faults(faults)) is not None:
+            return fault
+        if not tokens.valid(request.headers.get("authorization")):
+            return unauthorized()
+        key = request.headers.get("idempotency-key", "").strip()
+        if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+            return _error(400, "missing_idempotency_key")
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "invalid_json")
+        if not isinstance(body, dict):
+            return _error(422, "validation_failed", errors=[{"field": "", "message": "object"}])
+        if (invalid := _missing_referral_id(body)) is not None:
+            return invalid
+        year = utc_now().year
+        try:
+            rec, is_new = ledger.record(
+                key, body["hub_referral_id"], body, lambda n: f"DYPA-{year}-{n:06d}"
+            )
+        except IdempotencyKeyReused:
+            return _error(422, "idempotency_key_reused")
+        assert rec.reference is not None
+        answer = {"registration_number": rec.reference, "status": "received"}
+        if not is_new:
+            return JSONResponse(answer, status_code=200)
+        pusher.schedule(
+            rec.referral_id,
+            rec.reference,
+            [(0.0, "received"), (config.decision_delay_s, config.decision)],
+        )
+        return JSONResponse(answer, status_code=201)
+
+    @app.get("/api/v1/registrations/{registration_number}", tags=["registrations"])
+    async def registration(registration_number: str, request: Request) -> Response:
+        """Current status of one registration, for a hub that polls instead of listening."""
+        if (fault := await apply_faults(faults)) is not None:
+            return fault
+        if not tokens.valid(request.headers.get("authorization")):
+            return unauthorized()
+        rec = ledger.by_reference(registration_number)
+        if rec is None:
+            return _error(404, "not_found")
+        return JSONResponse(
+            {"registration_number": registration_number, "status": registration_status(rec)}
+        )
+
+    return app

@@ -1,0 +1,105 @@
+"""The FastAPI application: routes, the body-size guard and privacy-safe error bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hub.api import agencies, health, referrals
+from hub.api.deps import HubState
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """Refuse bodies over ``limit`` bytes with 413, by Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._refuse(send)
+                return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"request body is larger than {self.limit} bytes"}, status_code=413
+        )
+        await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _safe_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Field-level errors without the submitted values (they may be an AMKA or a name)."""
+    out = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ())]
+        field = (
+            ".".join(loc[1:])
+            if loc and loc[0] in {"body", "header", "query", "path"}
+            else ".".join(loc)
+        )
+        out.append(
+            {"loc": loc, "field": field, "msg": error.get("msg", ""), "type": error.get("type", "")}
+        )
+    return out
+
+
+def create_app(state: HubState) -> FastAPI:
+    app = FastAPI(
+        title="Diasyndesi",
+        version="0.1.0",
+        summary="Integration hub between Community Centres and the agencies they refer to",
+    )
+    app.state.hub = state
+    app.include_router(referrals.router)
+    app.include_router(agencies.router)
+    app.include_router(health.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        if any(err.get("type") == "json_invalid" for err in exc.errors()):
+            state.metrics.intake_rejected.labels("malformed_json").inc()
+        else:
+            state.metrics.intake_rejected.labels("invalid").inc()
+        return JSONResponse({"detail": _safe_errors(exc)}, status_code=422)
+
+    app.add_middleware(BodySizeLimit, limit=state.settings.max_body_bytes)
+    return app

@@ -1,0 +1,228 @@
+"""The ``diasyndesi`` command: up, serve, worker, sandbox, demo, schemas, bench."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hub.errors import DiasyndesiError
+from hub.logs import configure_logging
+from hub.settings import Settings
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Diasyndesi: the Community Centre integration hub.",
+)
+schemas_app = typer.Typer(no_args_is_help=True, help="Canonical schema files.")
+app.add_typer(schemas_app, name="schemas")
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    return settings
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def _run(coro_factory: object) -> None:
+    try:
+        asyncio.run(coro_factory)  # type: ignore[arg-type]
+    except DiasyndesiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def up() -> None:
+    """Everything on embedded defaults: broker, SQLite, sandbox agencies, API, relay,
+    projector and connectors, in one process tree."""
+    from hub.runtime import Embedded
+
+    settings = _settings()
+    if not settings.embedded:
+        typer.echo(
+            "error: `up` runs the embedded broker; unset KAFKA_BOOTSTRAP_SERVERS "
+            "or use `serve` and `worker`",
+            err=True,
+        )
+        raise typer.Exit(2)
+
+    async def main() -> None:
+        started = time.perf_counter()
+        embedded = Embedded(settings)
+        try:
+            await embedded.start()
+            assert embedded.hub is not None
+            await _wait_ready(embedded.hub.api_url)
+            elapsed = time.perf_counter() - started
+            token = embedded.credentials["centres"]["KK-KOZANI"]
+            typer.echo(_banner(embedded.hub.api_url, embedded.credentials_path, token, elapsed))
+            await _until_signal()
+        finally:
+            typer.echo("stopping…")
+            await embedded.stop()
+
+    _run(main())
+
+
+async def _wait_ready(url: str, timeout_s: float = 60.0) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(f"{url}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise DiasyndesiError(f"hub not ready after {timeout_s} s")
+
+
+def _banner(url: str, credentials: str, token: str, elapsed: float) -> str:
+    return f"""
+Diasyndesi is ready in {elapsed:.1f} s
+  API and docs : {url}  ({url}/docs)
+  health       : {url}/readyz   metrics: {url}/metrics
+  credentials  : {credentials}
+Try it (a referral from KK-KOZANI to the employment service):
+  TOKEN=$(python3 -c 'import json;print(json.load(open("{credentials}"))["centres"]["KK-KOZANI"])')
+  .venv/bin/diasyndesi demo          # or the curl walkthrough in README.md
+Press Ctrl+C to stop.
+"""
+
+
+@app.command()
+def serve() -> None:
+    """Production API + relay + projector (no connectors) against KAFKA_BOOTSTRAP_SERVERS."""
+    from hub.runtime import Hub
+
+    settings = _settings()
+    if settings.embedded:
+        typer.echo("error: set KAFKA_BOOTSTRAP_SERVERS (or use `up` for development)", err=True)
+        raise typer.Exit(2)
+
+    async def main() -> None:
+        hub = Hub(settings, settings.kafka_bootstrap_servers, connectors=[])
+        await hub.start()
+        try:
+            await _until_signal()
+        finally:
+            await hub.stop()
+
+    _run(main())
+
+
+@app.command()
+def worker(agencies: Annotated[list[str], typer.Argument(help="agency ids, e.g. dypa")]) -> None:
+    """Run the connectors of the given agencies (one consumer group each)."""
+    from hub.runtime import Hub
+
+    settings = _settings()
+    if settings.embedded:
+        typer.echo("error: set KAFKA_BOOTSTRAP_SERVERS (or use `up` for development)", err=True)
+        raise typer.Exit(2)
+
+    async def main() -> None:
+        hub = Hub(
+            settings,
+            settings.kafka_bootstrap_servers,
+            connectors=agencies,
+            serve_api=False,
+            run_relay=False,
+            run_projector=False,
+        )
+        unknown = set(agencies) - set(hub.mappings)
+        if unknown:
+            raise DiasyndesiError(f"no active agency {sorted(unknown)} in the registry")
+        await hub.start()
+        try:
+            await _until_signal()
+        finally:
+            await hub.stop()
+
+    _run(main())
+
+
+@app.command()
+def sandbox() -> None:
+    """The simulated agencies alone (ports from SANDBOX_* settings)."""
+    from hub.runtime import start_sandboxes
+
+    settings = _settings()
+
+    async def main() -> None:
+        path = settings.var_dir / "dev-credentials.json"
+        tokens = json.loads(path.read_text())["agencies"] if path.exists() else {}
+        sandboxes = await start_sandboxes(settings, settings.api_url, tokens)
+        typer.echo(
+            f"dypa sandbox on {sandboxes.employment.url} "
+            f"(client id diasyndesi, secret {sandboxes.dypa_client_secret})"
+        )
+        try:
+            await _until_signal()
+        finally:
+            await sandboxes.stop()
+
+    _run(main())
+
+
+@app.command()
+def demo(
+    count: Annotated[int, typer.Option(help="how many referrals")] = 3,
+    url: Annotated[str | None, typer.Option(help="hub URL")] = None,
+) -> None:
+    """Submit sample referrals to a running hub and show them propagate."""
+    from hub.demo import run_demo
+
+    settings = _settings()
+    _run(run_demo(url or settings.api_url, settings.var_dir / "dev-credentials.json", count))
+
+
+@app.command()
+def bench(
+    count: Annotated[int, typer.Option(help="referrals to submit")] = 200,
+    concurrency: Annotated[int, typer.Option(help="referrals in flight")] = 8,
+) -> None:
+    """Median and p95 time from POST to `delivered`, against a private embedded hub."""
+    from hub.bench import run_bench
+
+    _run(run_bench(count, concurrency))
+
+
+@schemas_app.command("export")
+def schemas_export(
+    out: Annotated[Path | None, typer.Option(help="output folder")] = None,
+    check: Annotated[bool, typer.Option(help="fail if the files are not up to date")] = False,
+) -> None:
+    """Write the JSON Schema files generated from the canonical models."""
+    from schemas.export import DEFAULT_OUT_DIR, export_json_schemas, stale_json_schemas
+
+    target = out or DEFAULT_OUT_DIR
+    if check:
+        stale = stale_json_schemas(target)
+        if stale:
+            typer.echo(
+                f"out of date: {', '.join(stale)} (run `diasyndesi schemas export`)", err=True
+            )
+            raise typer.Exit(1)
+        typer.echo("schemas up to date")
+        return
+    for path in export_json_schemas(target):
+        typer.echo(f"wrote {path}")

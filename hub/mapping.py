@@ -1,0 +1,165 @@
+"""Declarative per-agency mappings (``mappings/<agency>.yaml``): pure data transformations
+from the canonical referral to the agency's payload.
+
+A mapping is an allow-list: only the fields it names leave the hub (GDPR data
+minimisation). Each rule copies one canonical path to one output path, optionally through a
+code list (unlisted codes are dropped, so an agency never learns of programmes that are
+not its own) or a date format. Mappings are validated against the canonical JSON Schema
+at start-up; a bad one stops the start naming the file and the field.
+
+Why not a general transformation library (jq, JMESPath, glom): an allow-list of path
+copies is all the agencies need, and it keeps "what leaves the hub" readable by a DPO.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hub.errors import ConfigurationError
+from schemas.referral import Referral
+
+
+class FieldRule(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    to: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+    source: str | None = Field(default=None, alias="from")
+    value: str | int | bool | None = None
+    codes: str | None = None
+    date_format: str | None = None
+    required: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FieldRule:
+        if (self.source is None) == (self.value is None):
+            raise ValueError(f"rule for {self.to!r} needs exactly one of 'from' or 'value'")
+        return self
+
+
+class Mapping(BaseModel):
+    """One agency's mapping file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agency: str
+    version: int = Field(ge=1)
+    fields: list[FieldRule]
+    codes: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+    @property
+    def allowed_sources(self) -> set[str]:
+        """The canonical paths this agency may receive: the allow-list."""
+        return {rule.source for rule in self.fields if rule.source}
+
+    def apply(self, referral: dict[str, Any]) -> dict[str, Any]:
+        """Build the agency payload from a canonical referral (``model_dump(mode="json")``).
+
+        Never mutates its input. A missing optional source is left out of the output.
+        """
+        out: dict[str, Any] = {}
+        for rule in self.fields:
+            if rule.value is not None:
+                _put(out, rule.to, rule.value)
+                continue
+            assert rule.source is not None
+            found, raw = _get(referral, rule.source)
+            if not found or raw is None:
+                if rule.required:
+                    raise ValueError(f"mapping {self.agency}: required field {rule.source} missing")
+                continue
+            value = copy.deepcopy(raw)
+            if rule.codes is not None:
+                table = self.codes[rule.codes]
+                if isinstance(value, list):
+                    value = [table[v] for v in value if v in table]
+                else:
+                    value = table.get(value)
+                    if value is None:
+                        continue
+            if rule.date_format is not None:
+                value = _format_date(value, rule.date_format)
+            _put(out, rule.to, value)
+        return out
+
+
+def _get(document: Any, path: str) -> tuple[bool, Any]:
+    node = document
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _put(document: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = document
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def _format_date(value: Any, fmt: str) -> str:
+    parsed: date = (
+        datetime.fromisoformat(value) if "T" in str(value) else date.fromisoformat(str(value))
+    )
+    return parsed.strftime(fmt)
+
+
+def _schema_paths(schema: dict[str, Any]) -> set[str]:
+    """Every dotted property path in a Pydantic JSON Schema (lists are transparent)."""
+    definitions = schema.get("$defs", {})
+    paths: set[str] = set()
+
+    def resolve(node: dict[str, Any]) -> list[dict[str, Any]]:
+        if "$ref" in node:
+            return resolve(definitions[node["$ref"].split("/")[-1]])
+        options = node.get("anyOf") or node.get("allOf") or node.get("oneOf")
+        if options:
+            return [leaf for option in options for leaf in resolve(option)]
+        if node.get("type") == "array" and "items" in node:
+            return resolve(node["items"])
+        return [node]
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for option in resolve(node):
+            for name, child in option.get("properties", {}).items():
+                path = f"{prefix}{name}"
+                paths.add(path)
+                walk(child, f"{path}.")
+
+    walk(schema, "")
+    return paths
+
+
+CANONICAL_PATHS = frozenset(_schema_paths(Referral.model_json_schema()))
+
+
+def load_mapping(path: Path, agency: str) -> Mapping:
+    """Load and validate one mapping file; ConfigurationError names file and field."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        mapping = Mapping.model_validate(raw)
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read mapping ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"{path}: not valid YAML ({exc})") from None
+    except ValidationError as exc:
+        first = exc.errors(include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigurationError(f"{path}: {where}: {first['msg']}") from None
+    if mapping.agency != agency:
+        raise ConfigurationError(f"{path}: agency is {mapping.agency!r}, expected {agency!r}")
+    for index, rule in enumerate(mapping.fields):
+        where = f"{path}: fields.{index} ({rule.to})"
+        if rule.source is not None and rule.source not in CANONICAL_PATHS:
+            raise ConfigurationError(f"{where}: {rule.source!r} is not a canonical referral field")
+        if rule.codes is not None and rule.codes not in mapping.codes:
+            raise ConfigurationError(f"{where}: code list {rule.codes!r} is not defined")
+    return mapping

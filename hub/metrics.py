@@ -1,0 +1,77 @@
+"""Prometheus metrics with an injected registry and few, fixed labels.
+
+Labels are agency ids, outcomes and error classes: never a person, never a referral id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
+
+
+class HubMetrics:
+    """Every metric the hub exposes, created once per registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.deliveries = Counter(
+            "diasyndesi_deliveries",
+            "Delivery outcomes recorded by the projector, per connector and outcome.",
+            ["connector", "outcome"],
+            registry=r,
+        )
+        self.delivery_attempts = Counter(
+            "diasyndesi_delivery_attempts",
+            "Calls made to agencies, per connector (from outcome events).",
+            ["connector"],
+            registry=r,
+        )
+        self.delivery_retries = Counter(
+            "diasyndesi_delivery_retries",
+            "In-process retries by the connector runner, per connector and error class.",
+            ["connector", "error_class"],
+            registry=r,
+        )
+        self.poison_records = Counter(
+            "diasyndesi_poison_records",
+            "Records skipped because they are not a CloudEvent the hub understands.",
+            ["consumer"],
+            registry=r,
+        )
+        self.submit_to_delivered = Histogram(
+            "diasyndesi_submit_to_delivered_seconds",
+            "Time from a referral's acceptance to its first successful delivery, per connector.",
+            ["connector"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.outbox_backlog = Gauge(
+            "diasyndesi_outbox_backlog",
+            "Outbox records not yet acknowledged by the broker.",
+            registry=r,
+        )
+        self.relay_published = Counter(
+            "diasyndesi_relay_published",
+            "Outbox records the relay handed to the broker, per topic.",
+            ["topic"],
+            registry=r,
+        )
+        self.referrals_accepted = Counter(
+            "diasyndesi_referrals_accepted",
+            "Referrals accepted by the intake API (new, not idempotent repeats).",
+            registry=r,
+        )
+        self.intake_rejected = Counter(
+            "diasyndesi_intake_rejected",
+            "Referral submissions refused, per reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.status_updates = Counter(
+            "diasyndesi_status_updates",
+            "Enrollment status changes applied to the read model, per agency and status.",
+            ["connector", "status"],
+            registry=r,
+        )

@@ -1,0 +1,182 @@
+"""Intake: a referral, its routed deliveries, its timeline entry and its outbox record
+commit in one transaction, before the API answers 202. The relay publishes later; if the
+broker is down nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hub.db import Database, DeliveryRow, OutboxRow, ReferralRow, TimelineRow
+from hub.events import OutgoingRecord, encode
+from hub.registry import Registry
+from schemas.events import REFERRAL_SUBMITTED, TOPIC_REFERRALS, ReferralSubmitted
+from schemas.referral import Referral, ReferralRequest
+
+
+class IdempotencyConflict(Exception):
+    """The same Idempotency-Key was used before with a different body."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    referral_id: str
+    routed: list[str]
+    created: bool
+
+
+def request_hash(request: ReferralRequest) -> str:
+    """A stable digest of the request body, to tell an honest repeat from key reuse."""
+    canonical = orjson.dumps(request.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def add_outbox(
+    session: AsyncSession, record: OutgoingRecord, event_id: str, event_type: str, referral_id: str
+) -> None:
+    session.add(
+        OutboxRow(
+            event_id=event_id,
+            referral_id=referral_id,
+            event_type=event_type,
+            topic=record.topic,
+            key=record.key,
+            headers=[[name, value.decode()] for name, value in record.headers],
+            value=record.value,
+            created_at=datetime.now(UTC),
+        )
+    )
+
+
+async def accept_referral(
+    db: Database, registry: Registry, request: ReferralRequest, idempotency_key: str
+) -> Accepted:
+    """Store a routed referral and its outbox record atomically, or return the earlier one.
+
+    Raises RoutingError (unroutable programme) or IdempotencyConflict.
+    """
+    digest = request_hash(request)
+    existing = await _find_existing(db, request.centre, idempotency_key, digest)
+    if existing is not None:
+        return existing
+    routed = registry.route(request.centre, list(request.programmes))
+    now = datetime.now(UTC)
+    referral = Referral(
+        **request.model_dump(),
+        id=str(uuid.uuid4()),
+        created_at=now,
+        municipality=registry.centres[request.centre].municipality,
+        routed=routed,
+    )
+    event_id = str(uuid.uuid4())
+    record = encode(
+        TOPIC_REFERRALS,
+        REFERRAL_SUBMITTED,
+        ReferralSubmitted(referral=referral),
+        key=referral.id,
+        event_id=event_id,
+        time=now,
+    )
+    try:
+        async with db.transaction() as session:
+            session.add(
+                ReferralRow(
+                    id=referral.id,
+                    centre=referral.centre,
+                    municipality=referral.municipality,
+                    caseworker=referral.caseworker,
+                    created_at=now,
+                    due=registry.information_due(referral.centre, now.date()),
+                    idempotency_key=idempotency_key,
+                    request_hash=digest,
+                    body=referral.model_dump(mode="json"),
+                )
+            )
+            await session.flush()
+            for agency in routed:
+                session.add(
+                    DeliveryRow(
+                        referral_id=referral.id,
+                        agency=agency,
+                        delivery="pending",
+                        attempts=0,
+                        updated_at=now,
+                    )
+                )
+            session.add(
+                TimelineRow(
+                    referral_id=referral.id,
+                    at=now,
+                    kind="submitted",
+                    detail=f"routed to {', '.join(routed)}",
+                )
+            )
+            add_outbox(session, record, event_id, REFERRAL_SUBMITTED, referral.id)
+    except IntegrityError:
+        # A concurrent request with the same key won the race: answer as it did.
+        existing = await _find_existing(db, request.centre, idempotency_key, digest)
+        if existing is None:
+            raise
+        return existing
+    return Accepted(referral.id, routed, created=True)
+
+
+async def _find_existing(
+    db: Database, centre: str, idempotency_key: str, digest: str
+) -> Accepted | None:
+    async with db.sessions() as session:
+        row = (
+            await session.execute(
+                select(ReferralRow).where(
+                    ReferralRow.centre == centre, ReferralRow.idempotency_key == idempotency_key
+                )
+            )
+        ).scalar_one_or_none()
+        if row is None:
+            return None
+        if row.request_hash != digest:
+            raise IdempotencyConflict(idempotency_key)
+        agencies = (
+            (
+                await session.execute(
+                    select(DeliveryRow.agency)
+                    .where(DeliveryRow.referral_id == row.id)
+                    .order_by(DeliveryRow.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        return Accepted(row.id, list(agencies), created=False)
+
+
+async def redrive_unfinished(db: Database) -> int:
+    """Queue again the submitted event of every referral with a non-terminal delivery.
+
+    Used on start and after the broker lost its data (the embedded broker keeps nothing).
+    The stored event id is reused, so agencies see the same idempotency key.
+    """
+    async with db.transaction() as session:
+        unfinished = (
+            select(DeliveryRow.referral_id)
+            .where(DeliveryRow.delivery.in_(("pending", "retrying")))
+            .distinct()
+        )
+        result = await session.execute(
+            update(OutboxRow)
+            .where(
+                OutboxRow.referral_id.in_(unfinished),
+                OutboxRow.event_type == REFERRAL_SUBMITTED,
+                OutboxRow.sent_at.is_not(None),
+            )
+            .values(sent_at=None)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]

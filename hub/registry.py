@@ -1,0 +1,139 @@
+"""The three registries the law asks for (centres, agencies, programmes), loaded from the
+data files under ``registry/``, and routing: which agencies a referral goes to.
+
+The routed list is computed once at submission and stored with the referral, so later
+edits to these files never rewrite history.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import holidays
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hub.errors import ConfigurationError, RoutingError
+from schemas.codes import ProgrammeCode
+
+Family = Literal[
+    "benefits_agency", "employment_service", "social_grocery", "municipal_social_service"
+]
+INFORMATION_DUE_WORKING_DAYS = 10  # DOMAIN.md: right to be informed within 10 working days
+
+
+class Centre(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    code: str
+    name_el: str
+    municipality: str
+    local_holidays: list[str] = Field(default_factory=list, description="MM-DD feast days")
+    extra_closures: list[date] = Field(default_factory=list)
+
+
+class Agency(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(pattern=r"^[a-z][a-z0-9-]{1,62}$")
+    name_el: str
+    name_en: str
+    family: Family
+    active: bool = True
+    programmes: list[ProgrammeCode]
+    municipalities: list[str]
+    mapping: str
+
+    def serves(self, municipality: str) -> bool:
+        return "*" in self.municipalities or municipality in self.municipalities
+
+
+class Programme(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    code: ProgrammeCode
+    name_el: str
+    name_en: str
+    family: Family
+
+
+def _load_list(path: Path, model: type[BaseModel]) -> list[Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigurationError(f"{path}: cannot read registry file ({exc})") from exc
+    if not isinstance(raw, list):
+        raise ConfigurationError(f"{path}: expected a list of entries")
+    items = []
+    for index, entry in enumerate(raw):
+        try:
+            items.append(model.model_validate(entry))
+        except ValidationError as exc:
+            first = exc.errors(include_input=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ConfigurationError(f"{path}: entry {index}: {where}: {first['msg']}") from None
+    return items
+
+
+class Registry:
+    """Centres, agencies and programmes, validated on load."""
+
+    def __init__(
+        self, centres: list[Centre], agencies: list[Agency], programmes: list[Programme]
+    ) -> None:
+        self.centres = {c.code: c for c in centres}
+        self.agencies = {a.id: a for a in agencies}
+        self.programmes = {p.code: p for p in programmes}
+        missing = set(ProgrammeCode) - set(self.programmes)
+        if missing:
+            raise ConfigurationError(f"programme registry lacks {sorted(missing)}")
+
+    @classmethod
+    def load(cls, directory: Path) -> Registry:
+        return cls(
+            _load_list(directory / "centres.yaml", Centre),
+            _load_list(directory / "agencies.yaml", Agency),
+            _load_list(directory / "programmes.yaml", Programme),
+        )
+
+    @cached_property
+    def active_agencies(self) -> list[Agency]:
+        return [a for a in self.agencies.values() if a.active]
+
+    def route(self, centre_code: str, programmes: list[ProgrammeCode]) -> list[str]:
+        """Agency ids for these programmes in the centre's municipality, in registry order.
+
+        Raises RoutingError naming the first programme no active agency serves there.
+        """
+        centre = self.centres.get(centre_code)
+        if centre is None:
+            raise RoutingError(f"unknown centre {centre_code!r}", field="centre")
+        routed: list[str] = []
+        for index, programme in enumerate(programmes):
+            takers = [
+                a.id
+                for a in self.active_agencies
+                if programme in a.programmes and a.serves(centre.municipality)
+            ]
+            if not takers:
+                raise RoutingError(
+                    f"no agency handles {programme.value} in municipality {centre.municipality}",
+                    field=f"programmes.{index}",
+                )
+            routed.extend(t for t in takers if t not in routed)
+        order = list(self.agencies)
+        return sorted(routed, key=order.index)
+
+    def information_due(self, centre_code: str, submitted: date) -> date:
+        """The date by which the beneficiary must be informed: 10 Greek working days,
+        skipping national holidays (``holidays``) and the municipality's own feast days."""
+        centre = self.centres[centre_code]
+        calendar = holidays.country_holidays("GR", years=range(submitted.year, submitted.year + 2))
+        for year in (submitted.year, submitted.year + 1):
+            for month_day in centre.local_holidays:
+                month, day = (int(part) for part in month_day.split("-"))
+                calendar[date(year, month, day)] = "local feast day"
+        for closure in centre.extra_closures:
+            calendar[closure] = "local closure"
+        due: date = calendar.get_nth_working_day(submitted, INFORMATION_DUE_WORKING_DAYS)
+        return due

@@ -1,0 +1,319 @@
+"""Process composition: the hub (API, relay, projector, connector runners) and, in embedded
+mode, the broker and sandbox agencies. ``diasyndesi up`` and the integration tests both
+build on these two classes, so tests exercise exactly what ``make run`` starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from connectors.sandboxes.employment_service import EmploymentSandboxConfig
+from connectors.sandboxes.employment_service import create_app as create_employment_sandbox
+from hub.api.app import create_app
+from hub.api.deps import HubState
+from hub.auth import ensure_dev_credentials
+from hub.broker import EmbeddedBroker
+from hub.bus import HUB_TOPICS, MARKER_TOPIC, KafkaPublisher, ensure_topics, make_consumer
+from hub.connector_runner import ConnectorRunner
+from hub.db import Database
+from hub.errors import BrokerError
+from hub.factory import build_connector
+from hub.logs import get_logger
+from hub.mapping import Mapping, load_mapping
+from hub.metrics import HubMetrics
+from hub.outbox import redrive_unfinished
+from hub.projector import Projector
+from hub.registry import Registry
+from hub.relay import Relay
+from hub.servers import RunningServer, start_server
+from hub.settings import Settings
+from schemas.events import TOPIC_DELIVERIES, TOPIC_REFERRALS, TOPIC_STATUS
+
+log = get_logger(__name__)
+
+
+def load_mappings(settings: Settings, registry: Registry) -> dict[str, Mapping]:
+    """Validate every active agency's mapping; a bad one stops the start."""
+    return {
+        agency.id: load_mapping(settings.mappings_dir / agency.mapping, agency.id)
+        for agency in registry.active_agencies
+    }
+
+
+class Hub:
+    """API + relay + projector + connector runners over one database and one broker."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        *,
+        connectors: Sequence[str] | None = None,
+        serve_api: bool = True,
+        run_relay: bool = True,
+        run_projector: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.metrics = HubMetrics()
+        self.registry = Registry.load(settings.registry_dir)
+        self.mappings = load_mappings(settings, self.registry)
+        wanted = list(self.mappings) if connectors is None else list(connectors)
+        self.connector_ids = wanted
+        self.serve_api = serve_api
+        self.run_relay = run_relay
+        self.run_projector = run_projector
+        self.db = Database(settings.database)
+        self.publisher = KafkaPublisher(bootstrap, settings.producer, client_id="diasyndesi-hub")
+        self.relay = Relay(
+            self.db,
+            self.publisher,
+            self.metrics,
+            bootstrap=bootstrap,
+            partitions=settings.topic_partitions,
+            poll_s=settings.relay_poll_s,
+            batch=settings.relay_batch,
+        )
+        self.projector = Projector(self.db, self.metrics)
+        self.runners: dict[str, ConnectorRunner] = {}
+        self.api: RunningServer | None = None
+        self._consumers: list[AIOKafkaConsumer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+
+    @property
+    def api_url(self) -> str:
+        assert self.api is not None
+        return self.api.url
+
+    async def start(self) -> None:
+        await self.db.create_all()
+        try:
+            await ensure_topics(
+                self.bootstrap,
+                (*HUB_TOPICS, MARKER_TOPIC),
+                self.settings.topic_partitions,
+                timeout_s=5,
+            )
+        except BrokerError as exc:
+            log.warning("broker not reachable at start; will keep trying", error=str(exc))
+        requeued = await redrive_unfinished(self.db)
+        if requeued:
+            log.info("re-driving unfinished referrals", records=requeued)
+        if self.serve_api:
+            state = HubState(
+                self.settings,
+                self.db,
+                self.registry,
+                self.metrics,
+                self.bootstrap,
+                wake_relay=self.relay.wakeup.set,
+            )
+            self.api = await start_server(
+                create_app(state), self.settings.api_host, self.settings.api_port, "api"
+            )
+        self._spawn("producer", self._connect_producer_then_relay())
+        if self.run_projector:
+            self._spawn(
+                "projector",
+                self._consume(
+                    "diasyndesi.projector", [TOPIC_DELIVERIES, TOPIC_STATUS], self.projector.run
+                ),
+            )
+        for agency_id in self.connector_ids:
+            agency = self.registry.agencies[agency_id]
+            runner = ConnectorRunner(
+                build_connector(agency, self.settings),
+                self.mappings[agency_id],
+                self.publisher,
+                self.settings.retry,
+                self.metrics,
+                concurrency=self.settings.agency_concurrency,
+            )
+            self.runners[agency_id] = runner
+            self._spawn(
+                f"connector:{agency_id}",
+                self._consume(f"diasyndesi.connector.{agency_id}", [TOPIC_REFERRALS], runner.run),
+            )
+
+    def _spawn(self, name: str, coro: Awaitable[None]) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("component crashed", component=name)
+                raise
+
+        self._tasks.append(asyncio.create_task(guarded(), name=name))
+
+    async def _connect_producer_then_relay(self) -> None:
+        pause = 0.2
+        while not self._stopping.is_set():
+            try:
+                await self.publisher.start()
+                break
+            except BrokerError as exc:
+                log.warning("producer waiting for the broker", error=str(exc))
+                await self._pause(pause)
+                pause = min(pause * 2, 5.0)
+        if self.run_relay and not self._stopping.is_set():
+            await self.relay.run()
+
+    async def _consume(
+        self,
+        group: str,
+        topics: list[str],
+        body: Callable[[AIOKafkaConsumer], Awaitable[None]],
+    ) -> None:
+        pause = 0.2
+        while not self._stopping.is_set():
+            consumer = make_consumer(
+                self.bootstrap, group, topics, self.settings.consumer, client_id=group
+            )
+            try:
+                await asyncio.wait_for(
+                    consumer.start(), self.settings.consumer.session_timeout_ms / 1000 * 2 + 5
+                )
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning(
+                    "consumer waiting for the broker", group=group, error=type(exc).__name__
+                )
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(consumer.stop(), 5)
+                await self._pause(pause)
+                pause = min(pause * 2, 5.0)
+                continue
+            self._consumers.append(consumer)
+            try:
+                await body(consumer)
+            finally:
+                self._consumers.remove(consumer)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(consumer.stop(), 10)
+            return
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def stop(self, timeout_s: float = 15.0) -> None:
+        """Graceful: finish in-flight work, commit, leave the groups, close everything."""
+        self._stopping.set()
+        self.relay.stop()
+        self.projector.stop()
+        for runner in self.runners.values():
+            runner.stop()
+        await self._finish_tasks(timeout_s)
+
+    async def abort(self) -> None:
+        """Crash-like stop for tests: cancel everything now, commit nothing more."""
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        await self._finish_tasks(10.0)
+
+    async def _finish_tasks(self, timeout_s: float) -> None:
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for consumer in list(self._consumers):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.stop(), 5)
+        await self.publisher.stop()
+        if self.api is not None:
+            await self.api.stop()
+        await self.db.dispose()
+
+
+@dataclass
+class Sandboxes:
+    """The simulated agencies of embedded mode, with the secrets the hub needs to reach them."""
+
+    employment: RunningServer
+    dypa_client_secret: str
+    servers: list[RunningServer] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            await server.stop()
+
+
+async def start_sandboxes(
+    settings: Settings, hub_url: str | None, agency_tokens: dict[str, str]
+) -> Sandboxes:
+    secret = secrets.token_urlsafe(24)
+    employment_app = create_employment_sandbox(
+        EmploymentSandboxConfig(
+            client_secret=secret,
+            hub_url=hub_url,
+            hub_token=agency_tokens.get("dypa"),
+            decision_delay_s=settings.sandbox_decision_delay_s,
+            state_file=settings.var_dir / "sandbox" / "dypa.jsonl",
+        )
+    )
+    employment = await start_server(
+        employment_app, settings.sandbox_host, settings.sandbox_employment_port, "dypa sandbox"
+    )
+    return Sandboxes(employment, secret, [employment])
+
+
+class Embedded:
+    """Everything ``make run`` starts: broker, sandboxes, hub, with dev credentials."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker = EmbeddedBroker(settings.embedded_broker_port)
+        self.sandboxes: Sandboxes | None = None
+        self.hub: Hub | None = None
+        self.credentials: dict[str, dict[str, str]] = {}
+
+    @property
+    def credentials_path(self) -> str:
+        return str(self.settings.var_dir / "dev-credentials.json")
+
+    async def start(self) -> None:
+        self.settings.var_dir.mkdir(parents=True, exist_ok=True)
+        await self.broker.astart()
+        await ensure_topics(
+            self.broker.bootstrap_servers,
+            (*HUB_TOPICS, MARKER_TOPIC),
+            self.settings.topic_partitions,
+        )
+        registry = Registry.load(self.settings.registry_dir)
+        db = Database(self.settings.database)
+        await db.create_all()
+        self.credentials = await ensure_dev_credentials(
+            db, registry, self.settings.var_dir / "dev-credentials.json"
+        )
+        await db.dispose()
+        self.sandboxes = await start_sandboxes(
+            self.settings, self.settings.api_url, self.credentials["agencies"]
+        )
+        settings = self.settings.model_copy(
+            update={
+                "dypa_base_url": self.sandboxes.employment.url,
+                "dypa_client_secret": self.settings.dypa_client_secret.__class__(
+                    self.sandboxes.dypa_client_secret
+                ),
+            }
+        )
+        self.hub = Hub(settings, self.broker.bootstrap_servers)
+        await self.hub.start()
+
+    async def stop(self) -> None:
+        if self.hub is not None:
+            await self.hub.stop()
+        if self.sandboxes is not None:
+            await self.sandboxes.stop()
+        await self.broker.astop()
