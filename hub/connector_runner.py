@@ -66,6 +66,9 @@ class ConnectorRunner:
         self.retry = retry
         self.metrics = metrics
         self._limit = asyncio.Semaphore(concurrency)
+        self._backoff = wait_exponential_jitter(
+            multiplier=retry.initial_s, max=retry.max_s, jitter=retry.jitter_s
+        )
         self._sleep = sleep
         self._stopping = asyncio.Event()
 
@@ -139,9 +142,7 @@ class ConnectorRunner:
         return receipt, used
 
     def _wait(self, state: RetryCallState) -> float:
-        base = wait_exponential_jitter(
-            initial=self.retry.initial_s, max=self.retry.max_s, jitter=self.retry.jitter_s
-        )(state)
+        base = self._backoff(state)
         exc = state.outcome.exception() if state.outcome else None
         hint = exc.retry_after_s if isinstance(exc, DeliveryError) else None
         return max(base, min(hint, LONG_PAUSE_MAX_S)) if hint else base

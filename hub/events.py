@@ -91,8 +91,13 @@ def encode(
 def decode(headers: Iterable[tuple[str, bytes]], key: bytes | None, value: bytes | None) -> Event:
     """Parse a Kafka record into an Event, or raise PoisonRecord naming what is wrong."""
     header_map: Mapping[str, bytes] = {name: raw for name, raw in headers}
-    if "ce_type" not in header_map:
-        raise PoisonRecord("record has no ce_type header")
+    # The SDK would invent an id and a time for a record without them; an invented id
+    # would give every redelivery a new idempotency key, so such records are poison.
+    missing = [
+        h for h in ("ce_id", "ce_source", "ce_specversion", "ce_type") if h not in header_map
+    ]
+    if missing:
+        raise PoisonRecord(f"record lacks header(s): {', '.join(missing)}")
     try:
         message = ce_kafka.KafkaMessage(headers=dict(header_map), key=key, value=value or b"")
         event = ce_kafka.from_binary(message, _FORMAT)
@@ -101,7 +106,7 @@ def decode(headers: Iterable[tuple[str, bytes]], key: bytes | None, value: bytes
     event_type = event.get_type()
     model = EVENT_MODELS.get(event_type)
     if model is None:
-        raise PoisonRecord(f"unknown event type {event_type!r}")
+        raise PoisonRecord(f"unknown event type {event_type[:100]!r}")
     raw = event.get_data()
     try:
         data = (

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hub.errors import ConfigurationError
+from schemas.codes import Gender, IdentifierType, ProgrammeCode, Vulnerability
 from schemas.referral import Referral
 
 
@@ -81,6 +82,11 @@ class Mapping(BaseModel):
                 else:
                     value = table.get(value)
                     if value is None:
+                        if rule.required:
+                            raise ValueError(
+                                f"mapping {self.agency}: required field {rule.source} "
+                                f"has no code in {rule.codes}"
+                            )
                         continue
             if rule.date_format is not None:
                 value = _format_date(value, rule.date_format)
@@ -139,6 +145,16 @@ def _schema_paths(schema: dict[str, Any]) -> set[str]:
 
 
 CANONICAL_PATHS = frozenset(_schema_paths(Referral.model_json_schema()))
+LEAF_PATHS = CANONICAL_PATHS - {p.rsplit(".", 1)[0] for p in CANONICAL_PATHS if "." in p}
+"""Only leaves may be copied: ``from: beneficiary`` would smuggle out every field below it."""
+
+CODE_DOMAINS: dict[str, frozenset[str]] = {
+    "programmes": frozenset(ProgrammeCode),
+    "beneficiary.vulnerabilities": frozenset(Vulnerability),
+    "beneficiary.gender": frozenset(Gender),
+    "beneficiary.identifier.type": frozenset(IdentifierType),
+}
+"""Canonical code sets; a code list applied to one of these paths may only use its codes."""
 
 
 def load_mapping(path: Path, agency: str) -> Mapping:
@@ -156,10 +172,31 @@ def load_mapping(path: Path, agency: str) -> Mapping:
         raise ConfigurationError(f"{path}: {where}: {first['msg']}") from None
     if mapping.agency != agency:
         raise ConfigurationError(f"{path}: agency is {mapping.agency!r}, expected {agency!r}")
+    targets: set[str] = set()
     for index, rule in enumerate(mapping.fields):
         where = f"{path}: fields.{index} ({rule.to})"
-        if rule.source is not None and rule.source not in CANONICAL_PATHS:
-            raise ConfigurationError(f"{where}: {rule.source!r} is not a canonical referral field")
-        if rule.codes is not None and rule.codes not in mapping.codes:
-            raise ConfigurationError(f"{where}: code list {rule.codes!r} is not defined")
+        if rule.source is not None and rule.source not in LEAF_PATHS:
+            raise ConfigurationError(
+                f"{where}: {rule.source!r} is not a canonical referral leaf field"
+            )
+        clash = next(
+            (
+                t
+                for t in targets
+                if t == rule.to or t.startswith(f"{rule.to}.") or rule.to.startswith(f"{t}.")
+            ),
+            None,
+        )
+        if clash is not None:
+            raise ConfigurationError(f"{where}: output {rule.to!r} collides with {clash!r}")
+        targets.add(rule.to)
+        if rule.codes is not None:
+            if rule.codes not in mapping.codes:
+                raise ConfigurationError(f"{where}: code list {rule.codes!r} is not defined")
+            domain = CODE_DOMAINS.get(rule.source or "")
+            unknown = sorted(set(mapping.codes[rule.codes]) - domain) if domain else []
+            if unknown:
+                raise ConfigurationError(
+                    f"{where}: code list {rule.codes!r} has unknown codes {unknown}"
+                )
     return mapping

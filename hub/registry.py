@@ -7,14 +7,22 @@ edits to these files never rewrite history.
 
 from __future__ import annotations
 
+from calendar import isleap
 from datetime import date
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import holidays
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from hub.errors import ConfigurationError, RoutingError
 from schemas.codes import ProgrammeCode
@@ -30,8 +38,18 @@ class Centre(BaseModel):
     code: str
     name_el: str
     municipality: str
-    local_holidays: list[str] = Field(default_factory=list, description="MM-DD feast days")
+    local_holidays: list[
+        Annotated[str, StringConstraints(pattern=r"^(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")]
+    ] = Field(default_factory=list, description="MM-DD feast days")
     extra_closures: list[date] = Field(default_factory=list)
+
+    @field_validator("local_holidays")
+    @classmethod
+    def _real_days(cls, value: list[str]) -> list[str]:
+        for month_day in value:
+            month, day = (int(part) for part in month_day.split("-"))
+            date(2000, month, day)  # a leap year: 02-29 passes, 04-31 raises ValueError
+        return value
 
 
 class Agency(BaseModel):
@@ -86,7 +104,16 @@ class Registry:
         self.programmes = {p.code: p for p in programmes}
         missing = set(ProgrammeCode) - set(self.programmes)
         if missing:
-            raise ConfigurationError(f"programme registry lacks {sorted(missing)}")
+            raise ConfigurationError(
+                f"programme registry lacks {sorted(code.value for code in missing)}"
+            )
+        for name, entries, count in (
+            ("centre", self.centres, len(centres)),
+            ("agency", self.agencies, len(agencies)),
+            ("programme", self.programmes, len(programmes)),
+        ):
+            if len(entries) != count:
+                raise ConfigurationError(f"the {name} registry repeats an id")
 
     @classmethod
     def load(cls, directory: Path) -> Registry:
@@ -127,11 +154,15 @@ class Registry:
     def information_due(self, centre_code: str, submitted: date) -> date:
         """The date by which the beneficiary must be informed: 10 Greek working days,
         skipping national holidays (``holidays``) and the municipality's own feast days."""
-        centre = self.centres[centre_code]
+        centre = self.centres.get(centre_code)
+        if centre is None:
+            raise RoutingError(f"unknown centre {centre_code!r}", field="centre")
         calendar = holidays.country_holidays("GR", years=range(submitted.year, submitted.year + 2))
         for year in (submitted.year, submitted.year + 1):
             for month_day in centre.local_holidays:
                 month, day = (int(part) for part in month_day.split("-"))
+                if (month, day) == (2, 29) and not isleap(year):
+                    continue
                 calendar[date(year, month, day)] = "local feast day"
         for closure in centre.extra_closures:
             calendar[closure] = "local closure"

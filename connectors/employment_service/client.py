@@ -79,15 +79,24 @@ class EmploymentServiceClient:
         async with self._token_lock:
             if self._token and time.monotonic() < self._token_expires:
                 return self._token
-            body = await self._call(
-                "POST",
-                "/oauth/token",
-                "token",
-                data={"grant_type": "client_credentials"},
-                headers={
-                    "Authorization": aiohttp.encode_basic_auth(self._client_id, self._client_secret)
-                },
-            )
+            try:
+                body = await self._call(
+                    "POST",
+                    "/oauth/token",
+                    "token",
+                    data={"grant_type": "client_credentials"},
+                    headers={
+                        "Authorization": aiohttp.encode_basic_auth(
+                            self._client_id, self._client_secret
+                        )
+                    },
+                )
+            except PermanentError as exc:
+                # Refused credentials are an operator's problem, not the referral's: keep
+                # the referral and retry once the credentials are fixed.
+                raise RetryableError(
+                    "token: client credentials refused", error_class="auth_rejected"
+                ) from exc
             token, ttl = body.get("access_token"), body.get("expires_in", 300)
             if not isinstance(token, str) or not isinstance(ttl, int):
                 raise RetryableError("token: malformed answer", error_class="malformed_response")
@@ -111,15 +120,19 @@ class EmploymentServiceClient:
                     },
                 )
             except PermanentError as exc:
-                if exc.error_class == "http_401" and attempt == 1:
-                    self._token = None  # expired or revoked: fetch a new one, once
-                    continue
-                raise
+                if exc.error_class != "http_401":
+                    raise
+                self._token = None  # expired or revoked: fetch a new one, once
+                if attempt == 2:
+                    raise RetryableError(
+                        "register: token refused twice", error_class="auth_rejected"
+                    ) from exc
+                continue
             number = body.get("registration_number")
             if not isinstance(number, str) or not number:
                 raise RetryableError("register: malformed answer", error_class="malformed_response")
             return Registration(number, str(body.get("status", "received")), status == 200)
-        raise RetryableError("register: token refused twice", error_class="auth_rejected")
+        raise AssertionError("unreachable: the loop returns or raises")
 
     async def _call(self, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
         _, body = await self._request(method, path, what, **kwargs)
@@ -136,9 +149,11 @@ class EmploymentServiceClient:
                     raise classify_status(
                         response.status, response.headers.get("Retry-After"), what
                     )
-                raw = await response.content.read(MAX_RESPONSE_BYTES + 1)
-                if len(raw) > MAX_RESPONSE_BYTES:
-                    raise RetryableError(f"{what}: answer too large", error_class="oversized")
+                raw = bytearray()
+                async for chunk in response.content.iter_chunked(16 * 1024):
+                    raw += chunk
+                    if len(raw) > MAX_RESPONSE_BYTES:
+                        raise RetryableError(f"{what}: answer too large", error_class="oversized")
                 try:
                     body = orjson.loads(raw)
                 except orjson.JSONDecodeError:

@@ -1,0 +1,250 @@
+"""The ΔΥΠΑ connector (connectors/employment_service) against the real ΔΥΠΑ sandbox served
+on loopback: receipts, idempotency, and how every failure is classified for the hub."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from fastapi import FastAPI
+
+from connectors.base import Delivery, Receipt, idempotency_key
+from connectors.employment_service.connector import EmploymentServiceConnector
+from connectors.sandboxes.employment_service import EmploymentSandboxConfig, create_app
+from hub.broker import free_port
+from hub.errors import PermanentError, RetryableError
+from hub.mapping import load_mapping
+from hub.samples import sample_referral
+from hub.servers import RunningServer, start_server
+from schemas.codes import EnrollmentStatus
+from schemas.referral import Referral
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "sandbox-secret-for-tests"
+EVENT_ID = "11111111-2222-4333-8444-555555555555"
+REFERRAL_ID = "00000000-0000-4000-8000-000000000001"
+
+
+def dypa_payload() -> dict[str, Any]:
+    body = sample_referral(seed=1)
+    body["consent"]["given_at"] = "2026-11-20T09:00:00+02:00"
+    referral = Referral.model_validate(
+        {
+            **body,
+            "id": REFERRAL_ID,
+            "created_at": "2026-11-20T09:30:00+00:00",
+            "municipality": "kozani",
+            "routed": ["dypa"],
+        }
+    )
+    mapping = load_mapping(ROOT / "mappings" / "dypa.yaml", "dypa")
+    return mapping.apply(referral.model_dump(mode="json"))
+
+
+PAYLOAD = dypa_payload()
+AMKA = PAYLOAD["jobseeker"]["id_number"]
+
+
+def delivery(event_id: str = EVENT_ID) -> Delivery:
+    return Delivery(
+        event_id=event_id,
+        referral_id=REFERRAL_ID,
+        agency="dypa",
+        idempotency_key=idempotency_key(event_id, "dypa"),
+        payload=PAYLOAD,
+    )
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[tuple[FastAPI, RunningServer]]:
+    app = create_app(EmploymentSandboxConfig(client_secret=SECRET, decision_delay_s=0))
+    server = await start_server(app, "127.0.0.1", 0, "dypa-sandbox-test")
+    yield app, server
+    await server.stop()
+
+
+ConnectorFactory = Callable[..., Awaitable[EmploymentServiceConnector]]
+
+
+@pytest.fixture
+async def make_connector(
+    sandbox: tuple[FastAPI, RunningServer],
+) -> AsyncIterator[ConnectorFactory]:
+    started: list[EmploymentServiceConnector] = []
+
+    async def factory(**overrides: Any) -> EmploymentServiceConnector:
+        settings: dict[str, Any] = {
+            "base_url": sandbox[1].url,
+            "client_id": "diasyndesi",
+            "client_secret": SECRET,
+            "timeout_s": 5.0,
+        }
+        connector = EmploymentServiceConnector("dypa", **{**settings, **overrides})
+        await connector.start()
+        started.append(connector)
+        return connector
+
+    yield factory
+    for connector in started:
+        await connector.stop()
+
+
+async def set_faults(server: RunningServer, **knobs: Any) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{server.url}/_sandbox/faults", json=knobs) as response,
+    ):
+        assert response.status == 200
+        assert (await response.json())["fail_rate"] == knobs.get("fail_rate", 0.0)
+
+
+async def sandbox_get(server: RunningServer, path: str) -> Any:
+    async with aiohttp.ClientSession() as session, session.get(server.url + path) as response:
+        assert response.status == 200
+        return await response.json()
+
+
+# --------------------------------------------------------------------------- success
+
+
+async def test_delivery_returns_the_agency_registration_number(
+    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
+) -> None:
+    connector = await make_connector()
+    receipt = await connector.deliver(delivery())
+    assert isinstance(receipt, Receipt)
+    assert receipt.reference is not None
+    assert re.fullmatch(r"DYPA-\d{4}-\d{6}", receipt.reference)
+    assert receipt.status is EnrollmentStatus.RECEIVED
+    assert receipt.duplicate is False
+    received = await sandbox_get(sandbox[1], "/_sandbox/received")
+    assert len(received) == 1
+    assert received[0]["idempotency_key"] == idempotency_key(EVENT_ID, "dypa")
+    assert received[0]["referral_id"] == REFERRAL_ID
+    assert received[0]["payload"] == PAYLOAD
+
+
+async def test_repeated_idempotency_key_returns_the_first_registration(
+    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
+) -> None:
+    connector = await make_connector()
+    first = await connector.deliver(delivery())
+    again = await connector.deliver(delivery())
+    assert again.reference == first.reference
+    assert again.duplicate is True
+    assert sandbox[0].state.ledger.stats() == {"received": 2, "accepted": 1, "duplicates": 1}
+    other = await connector.deliver(delivery("99999999-2222-4333-8444-555555555555"))
+    assert other.reference != first.reference
+    assert other.duplicate is False
+
+
+def test_idempotency_key_is_deterministic_and_per_agency() -> None:
+    key = idempotency_key(EVENT_ID, "dypa")
+    assert key == idempotency_key(EVENT_ID, "dypa")
+    assert re.fullmatch(r"dsy-[0-9a-f]{40}", key)
+    assert key != idempotency_key(EVENT_ID, "opeka")
+    assert key != idempotency_key("99999999-2222-4333-8444-555555555555", "dypa")
+
+
+# --------------------------------------------------------------------------- failures
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [
+        (503, RetryableError),
+        (500, RetryableError),
+        (429, RetryableError),
+        (400, PermanentError),
+        (422, PermanentError),
+    ],
+)
+async def test_agency_http_errors_are_classified(
+    sandbox: tuple[FastAPI, RunningServer],
+    make_connector: ConnectorFactory,
+    status: int,
+    error_type: type[Exception],
+) -> None:
+    connector = await make_connector()
+    await set_faults(sandbox[1], fail_rate=1.0, status=status)
+    with pytest.raises(error_type) as caught:
+        await connector.deliver(delivery())
+    assert type(caught.value) is error_type
+    assert caught.value.error_class == f"http_{status}"  # type: ignore[attr-defined]
+    assert str(caught.value) == f"register: agency answered {status}"
+    assert AMKA not in str(caught.value)
+    assert sandbox[0].state.ledger.stats()["received"] == 0
+
+
+async def test_outage_carries_the_agency_retry_after(
+    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
+) -> None:
+    connector = await make_connector()
+    await set_faults(sandbox[1], outage_s=30, status=503)
+    with pytest.raises(RetryableError) as caught:
+        await connector.deliver(delivery())
+    assert caught.value.error_class == "http_503"
+    assert caught.value.retry_after_s is not None
+    assert 25 <= caught.value.retry_after_s <= 30
+
+
+async def test_wrong_client_secret_is_retryable_auth_rejected(
+    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
+) -> None:
+    # Refused credentials are the operator's to fix; the referral must wait, not die.
+    connector = await make_connector(client_secret="not-the-secret")
+    with pytest.raises(RetryableError) as caught:
+        await connector.deliver(delivery())
+    assert caught.value.error_class == "auth_rejected"
+    assert str(caught.value) == "token: client credentials refused"
+    assert "not-the-secret" not in str(caught.value)
+    assert sandbox[0].state.ledger.stats()["received"] == 0
+
+
+async def test_closed_port_is_a_retryable_connection_error(
+    make_connector: ConnectorFactory,
+) -> None:
+    connector = await make_connector(base_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(RetryableError) as caught:
+        await connector.deliver(delivery())
+    assert caught.value.error_class == "connection"
+    assert str(caught.value).startswith("token: ")
+
+
+async def test_slow_agency_is_a_retryable_timeout(
+    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
+) -> None:
+    connector = await make_connector(timeout_s=0.1)
+    await set_faults(sandbox[1], latency_ms=500)
+    with pytest.raises(RetryableError) as caught:
+        await connector.deliver(delivery())
+    assert caught.value.error_class == "timeout"
+    assert str(caught.value) == "register: timed out"
+
+
+async def test_non_json_answer_is_a_retryable_malformed_response(
+    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
+) -> None:
+    connector = await make_connector()
+    await set_faults(sandbox[1], malformed_rate=1.0)
+    with pytest.raises(RetryableError) as caught:
+        await connector.deliver(delivery())
+    assert caught.value.error_class == "malformed_response"
+    assert str(caught.value) == "register: answer is not JSON"
+
+
+async def test_delivery_succeeds_once_the_fault_clears(
+    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
+) -> None:
+    connector = await make_connector()
+    await set_faults(sandbox[1], fail_rate=1.0, status=503)
+    with pytest.raises(RetryableError):
+        await connector.deliver(delivery())
+    await set_faults(sandbox[1], fail_rate=0.0)
+    receipt = await connector.deliver(delivery())
+    assert receipt.duplicate is False
+    assert sandbox[0].state.ledger.stats() == {"received": 1, "accepted": 1, "duplicates": 0}
