@@ -21,14 +21,18 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from hub.errors import PermanentError, RetryableError
+from hub.settings import AgencyConnection
 from schemas.codes import EnrollmentStatus
 
 __all__ = [
+    "AgencyConnection",
     "Connector",
     "Delivery",
     "PermanentError",
+    "PollsStatus",
     "Receipt",
     "RetryableError",
+    "StatusReport",
     "idempotency_key",
 ]
 
@@ -64,8 +68,12 @@ class Connector(ABC):
 
     family: ClassVar[str]
 
-    def __init__(self, agency: str) -> None:
+    def __init__(
+        self, agency: str, connection: AgencyConnection, *, max_connections: int = 64
+    ) -> None:
         self.agency = agency
+        self.connection = connection
+        self.max_connections = max_connections
 
     @abstractmethod
     async def start(self) -> None:
@@ -78,3 +86,21 @@ class Connector(ABC):
     @abstractmethod
     async def stop(self) -> None:
         """Release sessions; called once, after the last deliver has returned."""
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """An agency's current answer about one referral, read by polling."""
+
+    status: EnrollmentStatus
+    reference: str
+
+
+class PollsStatus(ABC):
+    """Mixin for connectors whose agency cannot push status: the hub calls ``status_of``
+    for each open referral on an interval and publishes what changed."""
+
+    @abstractmethod
+    async def status_of(self, reference: str) -> StatusReport | None:
+        """The agency's current status for its ``reference``; None if it does not know it.
+        Raise RetryableError or PermanentError like ``deliver``."""

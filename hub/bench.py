@@ -29,7 +29,7 @@ from hub.errors import DiasyndesiError
 from hub.runtime import Embedded
 from hub.samples import sample_referral
 from hub.servers import start_server
-from hub.settings import Settings
+from hub.settings import AgencyConnection, Settings
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -55,7 +55,7 @@ async def _baseline(count: int) -> list[float]:
         "baseline sandbox",
     )
     connector = EmploymentServiceConnector(
-        "dypa", base_url=server.url, client_id="diasyndesi", client_secret=secret
+        "dypa", AgencyConnection(base_url=server.url, username="diasyndesi", secret=secret)
     )
     await connector.start()
     timings = []

@@ -1,4 +1,4 @@
-"""Builds the connector for an agency from its registry entry and the settings."""
+"""Builds the connector for an agency from its registry entry and its connection settings."""
 
 from __future__ import annotations
 
@@ -6,21 +6,19 @@ from connectors.base import Connector
 from connectors.employment_service.connector import EmploymentServiceConnector
 from hub.errors import ConfigurationError
 from hub.registry import Agency
-from hub.settings import Settings
+from hub.settings import AgencyConnection, Settings
+
+CONNECTOR_CLASSES: dict[str, type[Connector]] = {
+    "employment_service": EmploymentServiceConnector,
+}
 
 
 def build_connector(agency: Agency, settings: Settings) -> Connector:
-    if agency.family == "employment_service":
-        if not settings.dypa_base_url or not settings.dypa_client_secret.get_secret_value():
-            raise ConfigurationError(
-                f"agency {agency.id}: set DYPA_BASE_URL and DYPA_CLIENT_SECRET"
-            )
-        return EmploymentServiceConnector(
-            agency.id,
-            base_url=settings.dypa_base_url,
-            client_id=settings.dypa_client_id,
-            client_secret=settings.dypa_client_secret.get_secret_value(),
-            timeout_s=settings.agency_timeout_s,
-            max_connections=settings.agency_concurrency * 2,
-        )
-    raise ConfigurationError(f"agency {agency.id}: no connector for family {agency.family} yet")
+    connection = settings.agencies.get(agency.id, AgencyConnection())
+    if not connection.base_url:
+        key = agency.id.upper().replace("-", "_")
+        raise ConfigurationError(f"agency {agency.id}: set AGENCIES__{key}__BASE_URL and __SECRET")
+    cls = CONNECTOR_CLASSES.get(agency.family)
+    if cls is None:
+        raise ConfigurationError(f"agency {agency.id}: no connector for family {agency.family}")
+    return cls(agency.id, connection, max_connections=settings.agency_concurrency * 2)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
+from pydantic import SecretStr
 
 from connectors.sandboxes.employment_service import EmploymentSandboxConfig
 from connectors.sandboxes.employment_service import create_app as create_employment_sandbox
@@ -33,7 +34,7 @@ from hub.projector import Projector
 from hub.registry import Registry
 from hub.relay import Relay
 from hub.servers import RunningServer, start_server
-from hub.settings import Settings
+from hub.settings import AgencyConnection, Settings
 from schemas.events import TOPIC_DELIVERIES, TOPIC_REFERRALS, TOPIC_STATUS
 
 log = get_logger(__name__)
@@ -244,6 +245,16 @@ class Sandboxes:
     dypa_client_secret: str
     servers: list[RunningServer] = field(default_factory=list)
 
+    def connections(self) -> dict[str, AgencyConnection]:
+        """How the hub reaches each sandbox agency."""
+        return {
+            "dypa": AgencyConnection(
+                base_url=self.employment.url,
+                username="diasyndesi",
+                secret=SecretStr(self.dypa_client_secret),
+            ),
+        }
+
     async def stop(self) -> None:
         for server in self.servers:
             await server.stop()
@@ -301,12 +312,7 @@ class Embedded:
             self.settings, self.settings.api_url, self.credentials["agencies"]
         )
         settings = self.settings.model_copy(
-            update={
-                "dypa_base_url": self.sandboxes.employment.url,
-                "dypa_client_secret": self.settings.dypa_client_secret.__class__(
-                    self.sandboxes.dypa_client_secret
-                ),
-            }
+            update={"agencies": {**self.sandboxes.connections(), **self.settings.agencies}}
         )
         self.hub = Hub(settings, self.broker.bootstrap_servers)
         await self.hub.start()

@@ -58,6 +58,23 @@ class RetrySettings(BaseModel):
     jitter_s: float = Field(default=0.2, ge=0)
 
 
+class AgencyConnection(BaseModel):
+    """How to reach one agency. ``secret`` is whatever the agency's scheme needs: an OAuth2
+    client secret, a WS-Security password, an API key or a webhook signing secret."""
+
+    base_url: str = ""
+    username: str = ""
+    secret: SecretStr = SecretStr("")
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("secret")
+    @classmethod
+    def _refuse_placeholder(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value().lower() in {"changeme", "change-me", "secret", "password"}:
+            raise ValueError("agency secret is a placeholder; set a real secret")
+        return value
+
+
 class Settings(BaseSettings):
     """All configuration of one hub process."""
 
@@ -88,20 +105,22 @@ class Settings(BaseSettings):
     sandbox_employment_port: int = Field(default=8102, ge=0, le=65535)
     sandbox_decision_delay_s: float = Field(default=2.0, ge=0)
 
-    dypa_base_url: str = ""
-    dypa_client_id: str = "diasyndesi"
-    dypa_client_secret: SecretStr = SecretStr("")
-    agency_timeout_s: float = Field(default=10.0, gt=0)
+    agencies: dict[str, AgencyConnection] = Field(
+        default_factory=dict,
+        description="per agency id, e.g. AGENCIES__DYPA__BASE_URL, AGENCIES__DYPA__SECRET "
+        "(underscores in the id stand for hyphens: AGENCIES__KOZANI_SOCIAL_GROCERY__SECRET)",
+    )
     agency_concurrency: int = Field(default=32, ge=1)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
 
-    @field_validator("dypa_client_secret")
+    @field_validator("agencies", mode="before")
     @classmethod
-    def _refuse_placeholder(cls, value: SecretStr) -> SecretStr:
-        if value.get_secret_value().lower() in {"changeme", "change-me", "secret", "password"}:
-            raise ValueError("dypa_client_secret is a placeholder; set a real secret")
+    def _agency_ids(cls, value: object) -> object:
+        """Environment variable names cannot hold hyphens comfortably: map them back."""
+        if isinstance(value, dict):
+            return {str(k).lower().replace("_", "-"): v for k, v in value.items()}
         return value
 
     @property

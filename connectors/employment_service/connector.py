@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from connectors.base import Connector, Delivery, Receipt
+from connectors.base import AgencyConnection, Connector, Delivery, Receipt
 from connectors.employment_service.client import EmploymentServiceClient
 from schemas.codes import EnrollmentStatus
 
@@ -16,34 +16,22 @@ class EmploymentServiceConnector(Connector):
     family = "employment_service"
 
     def __init__(
-        self,
-        agency: str,
-        *,
-        base_url: str,
-        client_id: str,
-        client_secret: str,
-        timeout_s: float = 10.0,
-        max_connections: int = 64,
+        self, agency: str, connection: AgencyConnection, *, max_connections: int = 64
     ) -> None:
-        super().__init__(agency)
-        self._base_url = base_url
-        self._client_id = client_id
-        self._client_secret = client_secret
-        self._timeout_s = timeout_s
-        self._max_connections = max_connections
+        super().__init__(agency, connection, max_connections=max_connections)
         self._session: aiohttp.ClientSession | None = None
         self._client: EmploymentServiceClient | None = None
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._max_connections),
+            connector=aiohttp.TCPConnector(limit=self.max_connections),
             raise_for_status=False,
         )
         self._client = EmploymentServiceClient(
-            self._base_url,
-            self._client_id,
-            self._client_secret,
-            timeout_s=self._timeout_s,
+            self.connection.base_url,
+            self.connection.username or "diasyndesi",
+            self.connection.secret.get_secret_value(),
+            timeout_s=self.connection.timeout_s,
             session=self._session,
         )
 

@@ -16,7 +16,7 @@ from hub.events import Event, decode, encode
 from hub.mapping import load_mapping
 from hub.metrics import HubMetrics
 from hub.samples import sample_referral
-from hub.settings import RetrySettings
+from hub.settings import AgencyConnection, RetrySettings
 from schemas.events import (
     DELIVERY_FAILED,
     DELIVERY_SUCCEEDED,
@@ -38,7 +38,7 @@ class ScriptedConnector(Connector):
     family = "fake"
 
     def __init__(self, script: list[Exception]) -> None:
-        super().__init__("dypa")
+        super().__init__("dypa", AgencyConnection())
         self.script = list(script)
         self.calls: list[Delivery] = []
 

@@ -20,6 +20,7 @@ from hub.errors import PermanentError, RetryableError
 from hub.mapping import load_mapping
 from hub.samples import sample_referral
 from hub.servers import RunningServer, start_server
+from hub.settings import AgencyConnection
 from schemas.codes import EnrollmentStatus
 from schemas.referral import Referral
 
@@ -79,11 +80,12 @@ async def make_connector(
     async def factory(**overrides: Any) -> EmploymentServiceConnector:
         settings: dict[str, Any] = {
             "base_url": sandbox[1].url,
-            "client_id": "diasyndesi",
-            "client_secret": SECRET,
+            "username": "diasyndesi",
+            "secret": SECRET,
             "timeout_s": 5.0,
         }
-        connector = EmploymentServiceConnector("dypa", **{**settings, **overrides})
+        connection = AgencyConnection.model_validate({**settings, **overrides})
+        connector = EmploymentServiceConnector("dypa", connection)
         await connector.start()
         started.append(connector)
         return connector
@@ -196,7 +198,7 @@ async def test_wrong_client_secret_is_retryable_auth_rejected(
     sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
 ) -> None:
     # Refused credentials are the operator's to fix; the referral must wait, not die.
-    connector = await make_connector(client_secret="not-the-secret")
+    connector = await make_connector(secret="not-the-secret")
     with pytest.raises(RetryableError) as caught:
         await connector.deliver(delivery())
     assert caught.value.error_class == "auth_rejected"
