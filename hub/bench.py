@@ -78,7 +78,31 @@ async def _baseline(count: int) -> list[float]:
     return timings
 
 
-async def run_bench(count: int, concurrency: int) -> None:
+async def _submit_and_wait(
+    session: aiohttp.ClientSession, url: str, seed: int
+) -> tuple[float, float]:
+    """POST one referral and poll it every 20 ms until delivered: (client s, read-model s)."""
+    body = sample_referral(seed=seed, programmes=["UNEMPLOYMENT_REGISTRATION"])
+    t0 = time.perf_counter()
+    async with session.post(
+        f"{url}/v1/referrals", json=body, headers={"Idempotency-Key": str(uuid.uuid4())}
+    ) as response:
+        if response.status != 202:
+            raise DiasyndesiError(f"submit refused: {response.status}")
+        referral_id = (await response.json())["id"]
+    while True:
+        async with session.get(f"{url}/v1/referrals/{referral_id}") as response:
+            view = await response.json()
+        agency = view["agencies"][0]
+        if agency["delivery"] == "delivered":
+            recorded = datetime.fromisoformat(agency["delivered_at"]) - datetime.fromisoformat(
+                view["created_at"]
+            )
+            return time.perf_counter() - t0, recorded.total_seconds()
+        await asyncio.sleep(0.02)
+
+
+async def run_bench(count: int, concurrency: list[int]) -> None:
     with tempfile.TemporaryDirectory(prefix="diasyndesi-bench-") as tmp:
         settings = Settings(
             var_dir=Path(tmp),
@@ -93,70 +117,40 @@ async def run_bench(count: int, concurrency: int) -> None:
         embedded = Embedded(settings)
         await embedded.start()
         assert embedded.hub is not None
+        api_ready = time.perf_counter() - started
+        await embedded.hub.wait_consumers_assigned()
+        ready = time.perf_counter() - started
         url = embedded.hub.api_url
         token = embedded.credentials["centres"]["KK-KOZANI"]
-        observed: list[float] = []
-        recorded: list[float] = []
+        lines = []
         try:
             async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as s:
-                await _wait_delivered_ready(s, url)
-                ready = time.perf_counter() - started
-                limit = asyncio.Semaphore(concurrency)
+                await _submit_and_wait(s, url, seed=9_999)  # warm-up
+                for level in concurrency:
+                    limit = asyncio.Semaphore(level)
 
-                async def one(i: int) -> None:
-                    async with limit:
-                        body = sample_referral(
-                            seed=10_000 + i, programmes=["UNEMPLOYMENT_REGISTRATION"]
-                        )
-                        t0 = time.perf_counter()
-                        async with s.post(
-                            f"{url}/v1/referrals",
-                            json=body,
-                            headers={"Idempotency-Key": str(uuid.uuid4())},
-                        ) as r:
-                            if r.status != 202:
-                                raise DiasyndesiError(f"submit refused: {r.status}")
-                            referral_id = (await r.json())["id"]
-                        while True:
-                            async with s.get(f"{url}/v1/referrals/{referral_id}") as r:
-                                view = await r.json()
-                            agency = view["agencies"][0]
-                            if agency["delivery"] == "delivered":
-                                observed.append(time.perf_counter() - t0)
-                                recorded.append(
-                                    (
-                                        datetime.fromisoformat(agency["delivered_at"])
-                                        - datetime.fromisoformat(view["created_at"])
-                                    ).total_seconds()
-                                )
-                                return
-                            await asyncio.sleep(0.02)
+                    async def one(
+                        seed: int, limit: asyncio.Semaphore = limit
+                    ) -> tuple[float, float]:
+                        async with limit:
+                            return await _submit_and_wait(s, url, seed)
 
-                await one(-1)  # warm-up: waits for the consumer groups to finish joining
-                warm = time.perf_counter() - started
-                observed.clear()
-                recorded.clear()
-                wall = time.perf_counter()
-                await asyncio.gather(*(one(i) for i in range(count)))
-                wall = time.perf_counter() - wall
+                    wall = time.perf_counter()
+                    results = await asyncio.gather(*(one(10_000 * level + i) for i in range(count)))
+                    wall = time.perf_counter() - wall
+                    lines.append(
+                        f"-- {count} referrals, {level} in flight: {count / wall:.1f} referrals/s"
+                    )
+                    lines.append(
+                        describe("POST → delivered (client, 20 ms poll)", [r[0] for r in results])
+                    )
+                    lines.append(describe("POST → delivered (read model)", [r[1] for r in results]))
+                    ratio = statistics.median(r[0] for r in results) / statistics.median(baseline)
+                    lines.append(
+                        f"   ratio of medians, client-observed / direct call: {ratio:.0f}x"
+                    )
         finally:
             await embedded.stop()
-    print(f"hub start to /readyz green: {ready:.1f} s; to first referral delivered: {warm:.1f} s")
-    print(f"{count} referrals, {concurrency} in flight, {count / wall:.1f} referrals/s overall")
+    print(f"start → API answering: {api_ready:.2f} s; → consumers joined (ready): {ready:.2f} s")
     print(describe("baseline: connector → sandbox direct", baseline))
-    print(describe("POST → delivered (client, 20 ms poll)", observed))
-    print(describe("POST → delivered (read model)", recorded))
-    ratio = statistics.median(observed) / statistics.median(baseline)
-    print(f"ratio of medians, hub end-to-end / direct call: {ratio:.1f}x")
-
-
-async def _wait_delivered_ready(session: aiohttp.ClientSession, url: str) -> None:
-    """Ready means /readyz is green; consumers may still be joining their groups, which
-    the first referrals then wait for, as a real first request after a deploy would."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        async with session.get(f"{url}/readyz") as response:
-            if response.status == 200:
-                return
-        await asyncio.sleep(0.1)
-    raise DiasyndesiError("hub never became ready")
+    print("\n".join(lines))

@@ -68,9 +68,10 @@ def up() -> None:
             await embedded.start()
             assert embedded.hub is not None
             await _wait_ready(embedded.hub.api_url)
+            api_ready = time.perf_counter() - started
+            await embedded.hub.wait_consumers_assigned()
             elapsed = time.perf_counter() - started
-            token = embedded.credentials["centres"]["KK-KOZANI"]
-            typer.echo(_banner(embedded.hub.api_url, embedded.credentials_path, token, elapsed))
+            typer.echo(_banner(embedded.hub.api_url, embedded.credentials_path, api_ready, elapsed))
             await _until_signal()
         finally:
             typer.echo("stopping…")
@@ -95,9 +96,9 @@ async def _wait_ready(url: str, timeout_s: float = 60.0) -> None:
     raise DiasyndesiError(f"hub not ready after {timeout_s} s")
 
 
-def _banner(url: str, credentials: str, token: str, elapsed: float) -> str:
+def _banner(url: str, credentials: str, api_ready: float, elapsed: float) -> str:
     return f"""
-Diasyndesi is ready in {elapsed:.1f} s
+Diasyndesi is ready in {elapsed:.1f} s (API answering after {api_ready:.1f} s, connectors joined)
   API and docs : {url}  ({url}/docs)
   health       : {url}/readyz   metrics: {url}/metrics
   credentials  : {credentials}
@@ -198,12 +199,13 @@ def demo(
 @app.command()
 def bench(
     count: Annotated[int, typer.Option(help="referrals to submit")] = 200,
-    concurrency: Annotated[int, typer.Option(help="referrals in flight")] = 8,
+    concurrency: Annotated[str, typer.Option(help="referrals in flight, comma-separated")] = "1,4",
 ) -> None:
     """Median and p95 time from POST to `delivered`, against a private embedded hub."""
     from hub.bench import run_bench
 
-    _run(run_bench(count, concurrency))
+    levels = [int(part) for part in concurrency.split(",") if part.strip()]
+    _run(run_bench(count, levels))
 
 
 @schemas_app.command("export")

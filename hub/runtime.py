@@ -90,6 +90,24 @@ class Hub:
         self._stopping = asyncio.Event()
 
     @property
+    def expected_consumers(self) -> int:
+        return int(self.run_projector) + len(self.connector_ids)
+
+    def consumers_assigned(self) -> bool:
+        """True once every consumer of this process has joined its group and owns partitions
+        (with Tansu a join takes half the session timeout)."""
+        return len(self._consumers) == self.expected_consumers and all(
+            c.assignment() for c in self._consumers
+        )
+
+    async def wait_consumers_assigned(self, timeout_s: float = 60.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not self.consumers_assigned():
+            if asyncio.get_running_loop().time() > deadline:
+                raise BrokerError(f"consumers not assigned within {timeout_s} s")
+            await asyncio.sleep(0.05)
+
+    @property
     def api_url(self) -> str:
         assert self.api is not None
         return self.api.url
@@ -283,6 +301,12 @@ class Embedded:
     """Everything ``make run`` starts: broker, sandboxes, hub, with dev credentials."""
 
     def __init__(self, settings: Settings) -> None:
+        if "session_timeout_ms" not in settings.consumer.model_fields_set:
+            # Tansu finishes a group join after half the session timeout: keep it short here.
+            consumer = settings.consumer.model_copy(
+                update={"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+            )
+            settings = settings.model_copy(update={"consumer": consumer})
         self.settings = settings
         self.broker = EmbeddedBroker(settings.embedded_broker_port)
         self.sandboxes: Sandboxes | None = None

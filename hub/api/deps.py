@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -25,6 +26,22 @@ class HubState:
     metrics: HubMetrics
     bootstrap: str
     wake_relay: Callable[[], None] = field(default=lambda: None)
+    token_cache_s: float = 30.0
+    _principals: dict[str, tuple[Principal, float]] = field(default_factory=dict)
+
+    async def principal_for(self, token: str) -> Principal | None:
+        """Token → principal, cached briefly so a polling client costs no query per call;
+        a revoked token stops working within ``token_cache_s``."""
+        now = time.monotonic()
+        cached = self._principals.get(token)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        principal = await authenticate(self.db, token)
+        if principal is not None:
+            if len(self._principals) > 10_000:
+                self._principals.clear()
+            self._principals[token] = (principal, now + self.token_cache_s)
+        return principal
 
 
 def get_state(request: Request) -> HubState:
@@ -43,7 +60,7 @@ async def get_principal(
             "missing bearer token (Authorization: Bearer <token>)",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = await authenticate(state.db, token.strip())
+    principal = await state.principal_for(token.strip())
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
