@@ -102,9 +102,11 @@ Diasyndesi is ready in {elapsed:.1f} s (API answering after {api_ready:.1f} s, c
   API and docs : {url}  ({url}/docs)
   health       : {url}/readyz   metrics: {url}/metrics
   credentials  : {credentials}
-Try it (a referral from KK-KOZANI to the employment service):
+Try it:
+  .venv/bin/diasyndesi demo       # submits sample referrals and shows them propagate
   TOKEN=$(python3 -c 'import json;print(json.load(open("{credentials}"))["centres"]["KK-KOZANI"])')
-  .venv/bin/diasyndesi demo          # or the curl walkthrough in README.md
+  curl -s {url}/v1/agencies -H "Authorization: Bearer $TOKEN"
+  (README.md has the whole curl walkthrough: submit, read back, agency status.)
 Press Ctrl+C to stop.
 """
 
@@ -164,7 +166,7 @@ def worker(agencies: Annotated[list[str], typer.Argument(help="agency ids, e.g. 
 @app.command()
 def sandbox() -> None:
     """The simulated agencies alone (ports from SANDBOX_* settings)."""
-    from hub.runtime import start_sandboxes
+    from hub.sandboxes import start_sandboxes
 
     settings = _settings()
 
@@ -172,10 +174,11 @@ def sandbox() -> None:
         path = settings.var_dir / "dev-credentials.json"
         tokens = json.loads(path.read_text())["agencies"] if path.exists() else {}
         sandboxes = await start_sandboxes(settings, settings.api_url, tokens)
-        typer.echo(
-            f"dypa sandbox on {sandboxes.employment.url} "
-            f"(client id diasyndesi, secret {sandboxes.dypa_client_secret})"
-        )
+        typer.echo("sandbox agencies:\n" + sandboxes.describe())
+        for agency, connection in sandboxes.connections.items():
+            key = agency.upper().replace("-", "_")
+            typer.echo(f"  AGENCIES__{key}__BASE_URL={connection.base_url}")
+            typer.echo(f"  AGENCIES__{key}__SECRET={connection.secret.get_secret_value()}")
         try:
             await _until_signal()
         finally:

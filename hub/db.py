@@ -153,6 +153,18 @@ class ProcessedEventRow(Base):
     processed_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class WebhookMessageRow(Base):
+    """Signed status messages already accepted, so a replayed ``webhook-id`` is absorbed."""
+
+    __tablename__ = "webhook_messages"
+
+    message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    agency: Mapped[str] = mapped_column(String(64), primary_key=True)
+    body_hash: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(36))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class Database:
     """Engine and session factory; ``create_all`` builds the schema on first start."""
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from connectors.base import Connector
 from connectors.employment_service.connector import EmploymentServiceConnector
+from connectors.municipal_social_service.connector import MunicipalSocialServiceConnector
+from connectors.social_grocery.connector import SocialGroceryConnector
 from hub.errors import ConfigurationError
 from hub.registry import Agency
 from hub.settings import AgencyConnection, Settings
 
 CONNECTOR_CLASSES: dict[str, type[Connector]] = {
     "employment_service": EmploymentServiceConnector,
+    "social_grocery": SocialGroceryConnector,
+    "municipal_social_service": MunicipalSocialServiceConnector,
 }
 
 

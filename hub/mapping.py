@@ -16,13 +16,20 @@ from __future__ import annotations
 import copy
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hub.errors import ConfigurationError
-from schemas.codes import Gender, IdentifierType, ProgrammeCode, Vulnerability
+from hub.transliteration import elot743
+from schemas.codes import (
+    SPECIAL_CATEGORY_VULNERABILITIES,
+    Gender,
+    IdentifierType,
+    ProgrammeCode,
+    Vulnerability,
+)
 from schemas.referral import Referral
 
 
@@ -34,6 +41,10 @@ class FieldRule(BaseModel):
     value: str | int | bool | None = None
     codes: str | None = None
     date_format: str | None = None
+    transliterate: Literal["elot743"] | None = None
+    when_programmes: list[ProgrammeCode] | None = Field(
+        default=None, description="apply only when the referral asks for one of these"
+    )
     required: bool = False
 
     @model_validator(mode="after")
@@ -64,7 +75,10 @@ class Mapping(BaseModel):
         Never mutates its input. A missing optional source is left out of the output.
         """
         out: dict[str, Any] = {}
+        requested = set(referral.get("programmes", ()))
         for rule in self.fields:
+            if rule.when_programmes is not None and not requested & set(rule.when_programmes):
+                continue
             if rule.value is not None:
                 _put(out, rule.to, rule.value)
                 continue
@@ -90,6 +104,8 @@ class Mapping(BaseModel):
                         continue
             if rule.date_format is not None:
                 value = _format_date(value, rule.date_format)
+            if rule.transliterate == "elot743":
+                value = _transliterate(value)
             _put(out, rule.to, value)
         return out
 
@@ -109,6 +125,14 @@ def _put(document: dict[str, Any], path: str, value: Any) -> None:
     for part in parents:
         node = node.setdefault(part, {})
     node[leaf] = value
+
+
+def _transliterate(value: Any) -> Any:
+    if isinstance(value, str):
+        return elot743(value)
+    if isinstance(value, list):
+        return [_transliterate(v) for v in value]
+    return value
 
 
 def _format_date(value: Any, fmt: str) -> str:
@@ -157,8 +181,44 @@ CODE_DOMAINS: dict[str, frozenset[str]] = {
 """Canonical code sets; a code list applied to one of these paths may only use its codes."""
 
 
-def load_mapping(path: Path, agency: str) -> Mapping:
-    """Load and validate one mapping file; ConfigurationError names file and field."""
+SPECIAL_CODES = frozenset(code.value for code in SPECIAL_CATEGORY_VULNERABILITIES)
+
+
+def check_minimisation(mapping: Mapping, family: str, where: str) -> None:
+    """The data-minimisation rules of the project, enforced on every mapping at start-up:
+
+    * the AFM goes only to the benefits agency;
+    * free-text notes only to the municipal social service;
+    * special-category vulnerabilities (health, disability, Roma or migrant background) go
+      to the municipal social service, and to the benefits agency only in rules that apply
+      when the referral asks for DISABILITY_ALLOWANCE; never to anyone else.
+    """
+    for index, rule in enumerate(mapping.fields):
+        here = f"{where}: fields.{index} ({rule.to})"
+        if rule.source == "beneficiary.afm" and family != "benefits_agency":
+            raise ConfigurationError(f"{here}: the AFM may go only to the benefits agency")
+        if rule.source == "notes" and family != "municipal_social_service":
+            raise ConfigurationError(f"{here}: notes may go only to the municipal social service")
+        if rule.source != "beneficiary.vulnerabilities" or family == "municipal_social_service":
+            continue
+        if rule.codes is None:
+            raise ConfigurationError(
+                f"{here}: vulnerabilities need a code list that names what may leave the hub"
+            )
+        special = sorted(SPECIAL_CODES & set(mapping.codes[rule.codes]))
+        disability_only = rule.when_programmes == [ProgrammeCode.DISABILITY_ALLOWANCE]
+        if special and not (family == "benefits_agency" and disability_only):
+            raise ConfigurationError(
+                f"{here}: special-category codes {special} may not go to a {family} "
+                "(benefits agency: only in a rule with when_programmes: [DISABILITY_ALLOWANCE])"
+            )
+
+
+def load_mapping(path: Path, agency: str, family: str | None = None) -> Mapping:
+    """Load and validate one mapping file; ConfigurationError names file and field.
+
+    With ``family`` the minimisation rules of ``check_minimisation`` are enforced too.
+    """
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         mapping = Mapping.model_validate(raw)
@@ -199,4 +259,6 @@ def load_mapping(path: Path, agency: str) -> Mapping:
                 raise ConfigurationError(
                     f"{where}: code list {rule.codes!r} has unknown codes {unknown}"
                 )
+    if family is not None:
+        check_minimisation(mapping, family, str(path))
     return mapping

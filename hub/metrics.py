@@ -69,6 +69,18 @@ class HubMetrics:
             ["reason"],
             registry=r,
         )
+        self.inbound_status_refused = Counter(
+            "diasyndesi_inbound_status_refused",
+            "Agency status calls refused or absorbed, per agency and reason.",
+            ["connector", "reason"],
+            registry=r,
+        )
+        self.status_polls = Counter(
+            "diasyndesi_status_polls",
+            "Status queries to agencies that cannot push, per agency and result.",
+            ["connector", "result"],
+            registry=r,
+        )
         self.status_updates = Counter(
             "diasyndesi_status_updates",
             "Enrollment status changes applied to the read model, per agency and status.",

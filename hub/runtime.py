@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
-from pydantic import SecretStr
 
-from connectors.sandboxes.employment_service import EmploymentSandboxConfig
-from connectors.sandboxes.employment_service import create_app as create_employment_sandbox
+from connectors.base import Connector, PollsStatus
 from hub.api.app import create_app
 from hub.api.deps import HubState
 from hub.auth import ensure_dev_credentials
@@ -30,11 +26,13 @@ from hub.logs import get_logger
 from hub.mapping import Mapping, load_mapping
 from hub.metrics import HubMetrics
 from hub.outbox import redrive_unfinished
+from hub.poller import StatusPoller
 from hub.projector import Projector
 from hub.registry import Registry
 from hub.relay import Relay
+from hub.sandboxes import Sandboxes, start_sandboxes
 from hub.servers import RunningServer, start_server
-from hub.settings import AgencyConnection, Settings
+from hub.settings import Settings
 from schemas.events import TOPIC_DELIVERIES, TOPIC_REFERRALS, TOPIC_STATUS
 
 log = get_logger(__name__)
@@ -43,7 +41,7 @@ log = get_logger(__name__)
 def load_mappings(settings: Settings, registry: Registry) -> dict[str, Mapping]:
     """Validate every active agency's mapping; a bad one stops the start."""
     return {
-        agency.id: load_mapping(settings.mappings_dir / agency.mapping, agency.id)
+        agency.id: load_mapping(settings.mappings_dir / agency.mapping, agency.id, agency.family)
         for agency in registry.active_agencies
     }
 
@@ -84,6 +82,7 @@ class Hub:
         )
         self.projector = Projector(self.db, self.metrics)
         self.runners: dict[str, ConnectorRunner] = {}
+        self.pollers: list[StatusPoller] = []
         self.api: RunningServer | None = None
         self._consumers: list[AIOKafkaConsumer] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -157,10 +156,24 @@ class Hub:
                 concurrency=self.settings.agency_concurrency,
             )
             self.runners[agency_id] = runner
+            polled = build_connector(agency, self.settings)
+            if isinstance(polled, PollsStatus):
+                self._spawn(f"poller:{agency_id}", self._poll(polled))
             self._spawn(
                 f"connector:{agency_id}",
                 self._consume(f"diasyndesi.connector.{agency_id}", [TOPIC_REFERRALS], runner.run),
             )
+
+    async def _poll(self, connector: Connector) -> None:
+        poller = StatusPoller(
+            self.db, connector, self.publisher, self.metrics, interval_s=self.settings.status_poll_s
+        )
+        self.pollers.append(poller)
+        await connector.start()
+        try:
+            await poller.run()
+        finally:
+            await connector.stop()
 
     def _spawn(self, name: str, coro: Awaitable[None]) -> None:
         async def guarded() -> None:
@@ -231,6 +244,8 @@ class Hub:
         self.projector.stop()
         for runner in self.runners.values():
             runner.stop()
+        for poller in self.pollers:
+            poller.stop()
         await self._finish_tasks(timeout_s)
 
     async def abort(self) -> None:
@@ -253,48 +268,6 @@ class Hub:
         if self.api is not None:
             await self.api.stop()
         await self.db.dispose()
-
-
-@dataclass
-class Sandboxes:
-    """The simulated agencies of embedded mode, with the secrets the hub needs to reach them."""
-
-    employment: RunningServer
-    dypa_client_secret: str
-    servers: list[RunningServer] = field(default_factory=list)
-
-    def connections(self) -> dict[str, AgencyConnection]:
-        """How the hub reaches each sandbox agency."""
-        return {
-            "dypa": AgencyConnection(
-                base_url=self.employment.url,
-                username="diasyndesi",
-                secret=SecretStr(self.dypa_client_secret),
-            ),
-        }
-
-    async def stop(self) -> None:
-        for server in self.servers:
-            await server.stop()
-
-
-async def start_sandboxes(
-    settings: Settings, hub_url: str | None, agency_tokens: dict[str, str]
-) -> Sandboxes:
-    secret = secrets.token_urlsafe(24)
-    employment_app = create_employment_sandbox(
-        EmploymentSandboxConfig(
-            client_secret=secret,
-            hub_url=hub_url,
-            hub_token=agency_tokens.get("dypa"),
-            decision_delay_s=settings.sandbox_decision_delay_s,
-            state_file=settings.var_dir / "sandbox" / "dypa.jsonl",
-        )
-    )
-    employment = await start_server(
-        employment_app, settings.sandbox_host, settings.sandbox_employment_port, "dypa sandbox"
-    )
-    return Sandboxes(employment, secret, [employment])
 
 
 class Embedded:
@@ -336,7 +309,7 @@ class Embedded:
             self.settings, self.settings.api_url, self.credentials["agencies"]
         )
         settings = self.settings.model_copy(
-            update={"agencies": {**self.sandboxes.connections(), **self.settings.agencies}}
+            update={"agencies": {**self.sandboxes.connections, **self.settings.agencies}}
         )
         self.hub = Hub(settings, self.broker.bootstrap_servers)
         await self.hub.start()

@@ -102,7 +102,11 @@ class Settings(BaseSettings):
     relay_batch: int = Field(default=200, ge=1)
 
     sandbox_host: str = "127.0.0.1"
+    sandbox_benefits_port: int = Field(default=8101, ge=0, le=65535)
     sandbox_employment_port: int = Field(default=8102, ge=0, le=65535)
+    sandbox_grocery_port: int = Field(default=8103, ge=0, le=65535)
+    sandbox_municipal_port: int = Field(default=8104, ge=0, le=65535)
+    sandbox_grocery_capacity: int = Field(default=50, ge=0)
     sandbox_decision_delay_s: float = Field(default=2.0, ge=0)
 
     agencies: dict[str, AgencyConnection] = Field(
@@ -111,6 +115,9 @@ class Settings(BaseSettings):
         "(underscores in the id stand for hyphens: AGENCIES__KOZANI_SOCIAL_GROCERY__SECRET)",
     )
     agency_concurrency: int = Field(default=32, ge=1)
+    status_poll_s: float = Field(
+        default=30.0, gt=0, description="how often agencies that cannot push are asked"
+    )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False

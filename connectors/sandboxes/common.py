@@ -311,6 +311,9 @@ class StatusPusher:
     agency's own answer. Connection errors and 5xx are retried a bounded number of
     times with doubling backoff; a 4xx is the hub refusing, so it is not retried.
     Only ids and status codes are logged: the referral payload is personal data.
+    ``headers_for(body)``, if given, adds headers computed over the exact body bytes of
+    each attempt (a signature, e.g. Standard Webhooks); the bearer header is sent too
+    when ``hub_token`` is set.
     """
 
     def __init__(
@@ -322,10 +325,12 @@ class StatusPusher:
         attempts: int = 5,
         backoff_s: float = 0.2,
         timeout_s: float = 5.0,
+        headers_for: Callable[[bytes], dict[str, str]] | None = None,
     ) -> None:
         self.agency = agency
         self._url = f"{hub_url.rstrip('/')}/v1/agencies/{agency}/status" if hub_url else None
         self._headers = {"Authorization": f"Bearer {hub_token}"} if hub_token else {}
+        self._headers_for = headers_for
         self._attempts = attempts
         self._backoff_s = backoff_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -384,11 +389,15 @@ class StatusPusher:
             "reference": reference,
             "occurred_at": utc_now().isoformat(),
         }
+        raw = json.dumps(body).encode()  # the bytes a signature covers, same on every attempt
         ids = {"agency": self.agency, "referral_id": referral_id, "status": status}
         delay = self._backoff_s
         for attempt in range(1, self._attempts + 1):
+            headers = {**self._headers, "Content-Type": "application/json"}
+            if self._headers_for is not None:
+                headers.update(self._headers_for(raw))
             try:
-                async with self._session.post(self._url, json=body, headers=self._headers) as r:
+                async with self._session.post(self._url, data=raw, headers=headers) as r:
                     code = r.status
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("status_push_failed", attempt=attempt, error=type(exc).__name__, **ids)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, status
-from pydantic import BaseModel
+from fastapi import APIRouter, Header, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
-from hub.api.deps import PrincipalDep, StateDep
-from hub.db import DeliveryRow
+from hub.api.deps import HubState, PrincipalDep, StateDep, get_principal
+from hub.db import DeliveryRow, WebhookMessageRow
 from hub.events import encode, new_event_id
 from hub.outbox import add_outbox
+from hub.webhooks import SECRET_PREFIX, WebhookError, verify
 from schemas.events import STATUS_CHANGED, TOPIC_STATUS, AgencyStatusUpdate, StatusChanged
 
 router = APIRouter(prefix="/v1", tags=["agencies"])
@@ -25,18 +30,41 @@ class StatusAccepted(BaseModel):
     "/agencies/{agency}/status",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=StatusAccepted,
-    responses={401: {}, 403: {}, 404: {}, 422: {}},
+    responses={401: {}, 403: {}, 404: {}, 409: {}, 413: {}, 422: {}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": AgencyStatusUpdate.model_json_schema()}},
+        }
+    },
 )
 async def push_status(
-    agency: str, body: AgencyStatusUpdate, state: StateDep, principal: PrincipalDep
+    agency: str,
+    request: Request,
+    state: StateDep,
+    authorization: Annotated[str | None, Header()] = None,
 ) -> StatusAccepted:
     """An agency reports its answer; only that agency, only for referrals routed to it.
 
-    The update becomes a ``status_changed`` event through the outbox, so Kafka consumers
-    and the read model see the same history.
+    Two ways to prove who is calling: the agency's bearer token, or (municipal social
+    services) a Standard Webhooks signature with the agency's shared secret, whose message
+    id is remembered so a replay is absorbed. The update becomes a ``status_changed`` event
+    through the outbox, so Kafka consumers and the read model see the same history.
     """
-    if principal.kind != "agency" or principal.id != agency:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "only that agency may report its status")
+    raw = await request.body()
+    message_id: str | None = None
+    if "webhook-signature" in request.headers:
+        message_id = _verify_signature(state, agency, request.headers, raw)
+    else:
+        principal = await get_principal(state, authorization)
+        if principal.kind != "agency" or principal.id != agency:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "only that agency may report its status")
+    try:
+        body = AgencyStatusUpdate.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_input=False)]
+        ) from None
     event = StatusChanged(
         referral_id=body.referral_id,
         agency=agency,
@@ -46,6 +74,26 @@ async def push_status(
     )
     event_id = new_event_id()
     async with state.db.transaction() as session:
+        if message_id is not None:
+            seen = await session.get(WebhookMessageRow, (message_id, agency))
+            digest = hashlib.sha256(raw).hexdigest()
+            if seen is not None:
+                if seen.body_hash != digest:
+                    _count_refusal(state, agency, "replayed_id_other_body")
+                    raise HTTPException(
+                        status.HTTP_409_CONFLICT, "webhook-id already used with another body"
+                    )
+                _count_refusal(state, agency, "replay_absorbed")
+                return StatusAccepted(event_id=seen.event_id)
+            session.add(
+                WebhookMessageRow(
+                    message_id=message_id,
+                    agency=agency,
+                    body_hash=digest,
+                    event_id=event_id,
+                    received_at=datetime.now(UTC),
+                )
+            )
         routed = (
             await session.execute(
                 select(DeliveryRow.id).where(
@@ -61,6 +109,26 @@ async def push_status(
         add_outbox(session, record, event_id, STATUS_CHANGED, body.referral_id)
     state.wake_relay()
     return StatusAccepted(event_id=event_id)
+
+
+def _count_refusal(state: HubState, agency: str, reason: str) -> None:
+    label = agency if agency in state.registry.agencies else "unknown"
+    state.metrics.inbound_status_refused.labels(label, reason).inc()
+
+
+def _verify_signature(state: HubState, agency: str, headers: Mapping[str, str], raw: bytes) -> str:
+    connection = state.settings.agencies.get(agency)
+    secret = connection.secret.get_secret_value() if connection else ""
+    if not secret.startswith(SECRET_PREFIX):
+        _count_refusal(state, agency, "unsigned_agency")
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "this agency does not sign its calls")
+    try:
+        return verify(secret, headers, raw)
+    except WebhookError as exc:
+        _count_refusal(state, agency, exc.reason)
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, f"signature refused: {exc.reason}"
+        ) from None
 
 
 @router.get("/agencies", responses={401: {}})

@@ -26,7 +26,10 @@ def make_settings(var_dir: Path) -> Settings:
         registry_dir=ROOT / "registry",
         mappings_dir=ROOT / "mappings",
         api_port=free_port(),
+        sandbox_benefits_port=free_port(),
         sandbox_employment_port=free_port(),
+        sandbox_grocery_port=free_port(),
+        sandbox_municipal_port=free_port(),
         embedded_broker_port=free_port(),
         sandbox_decision_delay_s=0.3,
         consumer=ConsumerSettings(session_timeout_ms=6000, heartbeat_interval_ms=1000),
@@ -50,10 +53,9 @@ class Stack:
     def url(self) -> str:
         return self.embedded.settings.api_url
 
-    @property
-    def sandbox_url(self) -> str:
+    def sandbox_url(self, agency: str = "dypa") -> str:
         assert self.embedded.sandboxes is not None
-        return self.embedded.sandboxes.employment.url
+        return self.embedded.sandboxes.connections[agency].base_url
 
     def token(self, kind: str = "centres", who: str = "KK-KOZANI") -> str:
         return self.embedded.credentials[kind][who]
@@ -80,12 +82,13 @@ class Stack:
             view: dict[str, Any] = await response.json()
             return view
 
-    async def sandbox(self, path: str) -> Any:
-        async with self.session.get(f"{self.sandbox_url}/_sandbox/{path}") as response:
+    async def sandbox(self, path: str, agency: str = "dypa") -> Any:
+        async with self.session.get(f"{self.sandbox_url(agency)}/_sandbox/{path}") as response:
             return await response.json()
 
-    async def faults(self, **knobs: Any) -> None:
-        async with self.session.post(f"{self.sandbox_url}/_sandbox/faults", json=knobs) as r:
+    async def faults(self, agency: str = "dypa", **knobs: Any) -> None:
+        url = f"{self.sandbox_url(agency)}/_sandbox/faults"
+        async with self.session.post(url, json=knobs) as r:
             assert r.status == 200, await r.text()
 
     async def wait_for(

@@ -143,6 +143,15 @@ def _bad_checksum(body: dict[str, Any]) -> None:
     body["beneficiary"]["identifier"]["value"] = value[:-1] + str((int(value[-1]) + 1) % 10)
 
 
+def _grevena(programmes: list[str]) -> Any:
+    """Grevena has no social grocery or municipal social service in the registry."""
+
+    def change(body: dict[str, Any]) -> None:
+        body.update(centre="KK-GREVENA", programmes=programmes)
+
+    return change
+
+
 def _bad_afm(body: dict[str, Any]) -> None:
     afm = body["beneficiary"]["afm"]
     body["beneficiary"]["afm"] = afm[:-1] + str((int(afm[-1]) + 1) % 10)
@@ -158,8 +167,8 @@ def _bad_afm(body: dict[str, Any]) -> None:
         (lambda b: b.update(favourite_colour="blue"), "favourite_colour"),
         (lambda b: b["beneficiary"].update(shoe_size=43), "beneficiary.shoe_size"),
         (lambda b: b.update(centre="KK-ATLANTIS"), "centre"),
-        (lambda b: b.update(programmes=["GMI"]), "programmes.0"),
-        (lambda b: b.update(programmes=["JOB_COUNSELLING", "SOCIAL_GROCERY"]), "programmes.1"),
+        (_grevena(["SOCIAL_GROCERY"]), "programmes.0"),
+        (_grevena(["JOB_COUNSELLING", "HOMELESS_SHELTER"]), "programmes.1"),
     ],
     ids=[
         "amka-checksum",
@@ -179,7 +188,9 @@ async def test_bad_input_names_the_field_and_stores_nothing(
     body = sample_referral(seed=6)
     change(body)
     with caplog.at_level(logging.DEBUG):
-        response = await env.submit(body)
+        response = await env.submit(
+            body, who=body["centre"] if body["centre"] in env.creds["centres"] else "KK-KOZANI"
+        )
     assert response.status_code == 422, response.text
     errors = response.json()["detail"]
     assert field in [e["field"] for e in errors], errors

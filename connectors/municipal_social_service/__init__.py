@@ -1,0 +1,1 @@
+"""Municipal social service connector: REST/JSON signed per Standard Webhooks."""

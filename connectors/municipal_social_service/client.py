@@ -1,0 +1,132 @@
+"""A municipal social service's case API in its own words: ``open_case`` for a referred
+citizen, every request signed per Standard Webhooks with the municipality's secret.
+
+The ``webhook-id`` of a request is the delivery's idempotency key, so a retry carries the
+same id and the municipality absorbs it; the timestamp (and so the signature) is fresh on
+every attempt, or a retry after five minutes would be refused as stale. aiohttp, as for
+every agency (docs/decisions/0004-http-client.md); its exceptions are translated here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import orjson
+
+from hub.errors import PermanentError, RetryableError
+from hub.webhooks import REASONS, sign
+
+RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+MAX_RESPONSE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Case:
+    """The municipality's answer: its case number, the case status, whether it was a repeat."""
+
+    case_number: str
+    status: str
+    duplicate: bool
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def classify(status: int, headers: Mapping[str, str], body: dict[str, Any], what: str) -> Exception:
+    """An HTTP failure as the hub's retry signal; every class name is metric-safe.
+
+    401 is a refused signature (wrong secret, or a clock off by over five minutes): the
+    operator must fix it, the referral must wait. 409 is an id reused with a different
+    body, which only a bug or a mapping changed mid-retry can cause: resending cannot help.
+    """
+    if status == 401:
+        reason = body.get("reason")
+        detail = f" ({reason})" if reason in REASONS else ""
+        return RetryableError(f"{what}: signature refused{detail}", error_class="auth_rejected")
+    if status == 409:
+        return PermanentError(
+            f"{what}: message id reused with a different body", error_class="http_409"
+        )
+    message = f"{what}: agency answered {status}"
+    if status in RETRYABLE_STATUSES:
+        retry_after = _retry_after(headers.get("Retry-After"))
+        return RetryableError(message, error_class=f"http_{status}", retry_after_s=retry_after)
+    return PermanentError(message, error_class=f"http_{status}")
+
+
+class MunicipalSocialServiceClient:
+    """Signs and sends case requests to one municipality (``base_url`` ends with its id)."""
+
+    def __init__(
+        self, base_url: str, secret: str, *, timeout_s: float, session: aiohttp.ClientSession
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._secret = secret
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session = session
+
+    async def open_case(self, payload: dict[str, Any], idempotency_key: str) -> Case:
+        """Open a case for a referred citizen; a repeated key returns the first case."""
+        status, body = await self._send(
+            "POST", "/api/v1/referrals", "open_case", payload, idempotency_key
+        )
+        number = body.get("case_number")
+        if not isinstance(number, str) or not number:
+            raise RetryableError("open_case: malformed answer", error_class="malformed_response")
+        return Case(number, str(body.get("status", "received")), status == 200)
+
+    async def _send(
+        self, method: str, path: str, what: str, payload: dict[str, Any], msg_id: str
+    ) -> tuple[int, dict[str, Any]]:
+        raw = orjson.dumps(payload)
+        headers = {
+            **sign(self._secret, msg_id, time.time(), raw),
+            "Content-Type": "application/json",
+            "Idempotency-Key": msg_id,
+        }
+        try:
+            async with self._session.request(
+                method, self._base + path, data=raw, headers=headers, timeout=self._timeout
+            ) as response:
+                if response.status >= 300:
+                    # Only a 401 says something we use (the reason); other bodies stay unread.
+                    detail = await self._read(response, what) if response.status == 401 else None
+                    raise classify(response.status, response.headers, detail or {}, what)
+                body = await self._read(response, what)
+                if body is None:
+                    raise RetryableError(
+                        f"{what}: answer is not a JSON object", error_class="malformed_response"
+                    )
+                return response.status, body
+        except TimeoutError as exc:
+            raise RetryableError(f"{what}: timed out", error_class="timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise RetryableError(f"{what}: {type(exc).__name__}", error_class="connection") from exc
+
+    @staticmethod
+    async def _read(response: aiohttp.ClientResponse, what: str) -> dict[str, Any] | None:
+        """The answer as a JSON object, None if it is not one; capped, read in chunks."""
+        raw = bytearray()
+        async for chunk in response.content.iter_chunked(16 * 1024):
+            raw += chunk
+            if len(raw) > MAX_RESPONSE_BYTES:
+                raise RetryableError(f"{what}: answer too large", error_class="oversized")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        return body if isinstance(body, dict) else None

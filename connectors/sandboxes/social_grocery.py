@@ -1,0 +1,181 @@
+"""Sandbox of the Kozani social grocery: an off-the-shelf case system behind an API key.
+
+It stands in for the real thing where the hub can get it wrong: the system accepts Latin
+characters only (a Greek name or street is refused with 422, so the mapping's ELOT 743
+transliteration is tested end to end), capacity is limited (once the places are taken a
+household is `waitlisted`, not refused), it enforces its own idempotency (a repeat key
+answers 200 with the first answer; a reused key with another body is refused with 422),
+and it pushes status to the hub: `received` at once, the decision after a delay.
+
+The decision is fixed at intake from the case's sequence number (places are never freed
+here), so a restarted sandbox with the same `state_file` answers the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from connectors.sandboxes.common import (
+    Faults,
+    IdempotencyKeyReused,
+    SandboxLedger,
+    StatusPusher,
+    add_sandbox_routes,
+    apply_faults,
+)
+
+__all__ = ["SERVICES", "SocialGrocerySandboxConfig", "create_app"]
+
+MAX_IDEMPOTENCY_KEY = 255
+# The grocery's own service codes (the hub's mapping translates programme codes to these).
+SERVICES = frozenset({"GROCERY", "MEALS", "PHARMACY", "FEAD"})
+_GREEK = re.compile("[\u0370-\u03ff\u1f00-\u1fff]")
+
+
+class SocialGrocerySandboxConfig(BaseModel):
+    """Settings of one grocery sandbox; secrets are `SecretStr` so they never show in reprs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: SecretStr
+    capacity: int = Field(default=50, ge=0, description="places before households wait")
+    hub_url: str | None = None
+    hub_token: SecretStr | None = None
+    agency_id: str = "kozani-social-grocery"
+    decision_delay_s: float = Field(default=2.0, ge=0.0)
+    state_file: Path | None = None
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value():
+            raise ValueError("api_key must not be empty")
+        return value
+
+
+def _error(status_code: int, error: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": error, **extra}, status_code=status_code)
+
+
+def _greek_fields(value: Any, path: str = "") -> list[str]:
+    """Paths of every key or string value holding a Greek character (never the values)."""
+    if isinstance(value, str):
+        return [path or "(body)"] if _GREEK.search(value) else []
+    if isinstance(value, dict):
+        found: list[str] = []
+        for key, item in value.items():
+            child = f"{path}.{key}" if path else str(key)
+            if _GREEK.search(str(key)):
+                found.append(child)
+            found += _greek_fields(item, child)
+        return found
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _greek_fields(item, f"{path}[{i}]")]
+    return []
+
+
+def _invalid(body: dict[str, Any]) -> list[dict[str, str]]:
+    """Field-level errors, as the grocery system reports them: field names, never values."""
+    errors = [{"field": field, "message": "Latin characters only"} for field in _greek_fields(body)]
+    external_id = body.get("external_id")
+    if not isinstance(external_id, str) or not external_id:
+        errors.append({"field": "external_id", "message": "required non-empty string"})
+    services = body.get("services")
+    if (
+        not isinstance(services, list)
+        or not services
+        or not all(isinstance(s, str) and s in SERVICES for s in services)
+    ):
+        errors.append({"field": "services", "message": f"non-empty list of {sorted(SERVICES)}"})
+    return errors
+
+
+def create_app(config: SocialGrocerySandboxConfig) -> FastAPI:
+    """Build the grocery sandbox; `app.state` exposes ledger, faults and pusher to tests."""
+    ledger = SandboxLedger(config.state_file)
+    faults = Faults()
+    hub_token = config.hub_token.get_secret_value() if config.hub_token else None
+    pusher = StatusPusher(config.agency_id, config.hub_url, hub_token)
+    api_key = config.api_key.get_secret_value().encode()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await pusher.start()
+        try:
+            yield
+        finally:
+            await pusher.close()
+
+    app = FastAPI(title="Kozani social grocery sandbox", lifespan=lifespan)
+    app.state.ledger = ledger
+    app.state.faults = faults
+    app.state.pusher = pusher
+    add_sandbox_routes(app, ledger, faults)
+
+    def decision(case_id: str) -> str:
+        sequence = int(case_id.rsplit("-", 1)[1])
+        return "accepted" if sequence <= config.capacity else "waitlisted"
+
+    def authorised(request: Request) -> bool:
+        given = request.headers.get("x-api-key", "").encode()
+        return bool(given) and secrets.compare_digest(given, api_key)
+
+    @app.post("/api/referrals", tags=["referrals"], status_code=201)
+    async def refer(request: Request) -> Response:
+        """Take a household referral; idempotent per `Idempotency-Key`."""
+        if (fault := await apply_faults(faults)) is not None:
+            return fault
+        if not authorised(request):
+            return _error(401, "invalid_api_key")
+        key = request.headers.get("idempotency-key", "").strip()
+        if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+            return _error(400, "missing_idempotency_key")
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "invalid_json")
+        if not isinstance(body, dict):
+            return _error(422, "validation_failed", errors=[{"field": "", "message": "object"}])
+        if errors := _invalid(body):
+            return _error(422, "validation_failed", errors=errors)
+        try:
+            rec, is_new = ledger.record(key, body["external_id"], body, lambda n: f"SG-KOZ-{n:06d}")
+        except IdempotencyKeyReused:
+            return _error(422, "idempotency_key_reused")
+        assert rec.reference is not None
+        status = decision(rec.reference)
+        answer = {"case_id": rec.reference, "status": status}
+        if not is_new:
+            return JSONResponse(answer, status_code=200)
+        pusher.schedule(
+            rec.referral_id,
+            rec.reference,
+            [(0.0, "received"), (config.decision_delay_s, status)],
+        )
+        return JSONResponse(answer, status_code=201)
+
+    @app.get("/api/referrals/{case_id}", tags=["referrals"])
+    async def case(case_id: str, request: Request) -> Response:
+        """One case and its decision, for a hub that polls instead of listening."""
+        if (fault := await apply_faults(faults)) is not None:
+            return fault
+        if not authorised(request):
+            return _error(401, "invalid_api_key")
+        rec = ledger.by_reference(case_id)
+        if rec is None:
+            return _error(404, "not_found")
+        return JSONResponse(
+            {"case_id": case_id, "external_id": rec.referral_id, "status": decision(case_id)}
+        )
+
+    return app

@@ -1,0 +1,1 @@
+"""The Kozani social grocery connector (family ``social_grocery``): REST/JSON, API key."""

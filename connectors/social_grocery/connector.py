@@ -1,0 +1,63 @@
+"""The social grocery connector: REST/JSON with an API key (``connection.secret``).
+
+The grocery deduplicates by ``Idempotency-Key`` itself, so a repeat is safe to send. It
+decides at intake: a free place gives ``accepted``, a full grocery ``waitlisted`` — a
+normal answer, not a failure. Its system takes Latin characters only; the hub's mapping
+transliterates names and addresses (ELOT 743) before the payload reaches this connector.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from connectors.base import AgencyConnection, Connector, Delivery, Receipt
+from connectors.social_grocery.client import SocialGroceryClient
+from hub.errors import ConfigurationError
+from schemas.codes import EnrollmentStatus
+
+# The grocery's answers in the hub's vocabulary; anything else leaves the status unknown.
+STATUSES = {
+    "received": EnrollmentStatus.RECEIVED,
+    "accepted": EnrollmentStatus.ACCEPTED,
+    "waitlisted": EnrollmentStatus.WAITLISTED,
+    "rejected": EnrollmentStatus.REJECTED,
+}
+
+
+class SocialGroceryConnector(Connector):
+    family = "social_grocery"
+
+    def __init__(
+        self, agency: str, connection: AgencyConnection, *, max_connections: int = 64
+    ) -> None:
+        super().__init__(agency, connection, max_connections=max_connections)
+        self._session: aiohttp.ClientSession | None = None
+        self._client: SocialGroceryClient | None = None
+
+    async def start(self) -> None:
+        if not self.connection.base_url or not self.connection.secret.get_secret_value():
+            raise ConfigurationError(f"{self.agency}: base_url and secret (API key) are required")
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.max_connections),
+            raise_for_status=False,
+        )
+        self._client = SocialGroceryClient(
+            self.connection.base_url,
+            self.connection.secret.get_secret_value(),
+            timeout_s=self.connection.timeout_s,
+            session=self._session,
+        )
+
+    async def deliver(self, delivery: Delivery) -> Receipt:
+        assert self._client is not None, "deliver() before start()"
+        intake = await self._client.refer_household(delivery.payload, delivery.idempotency_key)
+        return Receipt(
+            reference=intake.case_id,
+            status=STATUSES.get(intake.status),
+            duplicate=intake.duplicate,
+        )
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,118 @@
+"""Status polling for agencies that cannot push (the benefits agency's SOAP service).
+
+On an interval, for each delivered referral of the agency whose status is not final, ask the
+agency (``PollsStatus.status_of`` with the agency's own reference) and publish a
+``status_changed`` event when the answer differs from the read model. Events go straight to
+``kk.status.v1``; the projector applies them like pushed ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+
+from sqlalchemy import or_, select
+
+from connectors.base import Connector, PollsStatus
+from hub.bus import Publisher
+from hub.db import Database, DeliveryRow
+from hub.errors import BrokerError, DeliveryError
+from hub.events import encode
+from hub.logs import get_logger
+from hub.metrics import HubMetrics
+from schemas.codes import EnrollmentStatus
+from schemas.events import STATUS_CHANGED, TOPIC_STATUS, StatusChanged
+
+log = get_logger(__name__)
+
+FINAL_STATUSES = frozenset(
+    {
+        EnrollmentStatus.ENROLLED,
+        EnrollmentStatus.REJECTED,
+        EnrollmentStatus.COMPLETED,
+        EnrollmentStatus.WITHDRAWN,
+    }
+)
+
+
+class StatusPoller:
+    def __init__(
+        self,
+        db: Database,
+        connector: Connector,
+        publisher: Publisher,
+        metrics: HubMetrics,
+        *,
+        interval_s: float,
+        batch: int = 500,
+    ) -> None:
+        if not isinstance(connector, PollsStatus):
+            raise TypeError(f"{type(connector).__name__} cannot be polled")
+        self.db = db
+        self.connector = connector
+        self.agency = connector.agency
+        self.publisher = publisher
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.batch = batch
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.poll_once()
+            except BrokerError as exc:
+                log.warning("status poll could not publish", agency=self.agency, error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+
+    async def poll_once(self) -> int:
+        """One pass over the open deliveries; returns how many changes were published."""
+        async with self.db.sessions() as session:
+            rows = (
+                await session.execute(
+                    select(DeliveryRow.referral_id, DeliveryRow.reference, DeliveryRow.status)
+                    .where(
+                        DeliveryRow.agency == self.agency,
+                        DeliveryRow.delivery == "delivered",
+                        DeliveryRow.reference.is_not(None),
+                        or_(
+                            DeliveryRow.status.is_(None),
+                            DeliveryRow.status.not_in([s.value for s in FINAL_STATUSES]),
+                        ),
+                    )
+                    .order_by(DeliveryRow.updated_at)
+                    .limit(self.batch)
+                )
+            ).all()
+        changed = 0
+        assert isinstance(self.connector, PollsStatus)
+        for referral_id, reference, current in rows:
+            if self._stopping.is_set():
+                break
+            if reference is None:
+                continue
+            try:
+                report = await self.connector.status_of(reference)
+            except DeliveryError as exc:
+                self.metrics.status_polls.labels(self.agency, exc.error_class).inc()
+                continue
+            self.metrics.status_polls.labels(self.agency, "ok").inc()
+            if report is None or report.status.value == current:
+                continue
+            event = StatusChanged(
+                referral_id=referral_id,
+                agency=self.agency,
+                status=report.status,
+                reference=report.reference,
+                occurred_at=datetime.now(UTC),
+            )
+            await self.publisher.publish(
+                encode(TOPIC_STATUS, STATUS_CHANGED, event, key=referral_id)
+            )
+            changed += 1
+        return changed
