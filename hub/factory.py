@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from connectors.base import Connector
+from connectors.benefits_agency.connector import BenefitsAgencyConnector
 from connectors.employment_service.connector import EmploymentServiceConnector
 from connectors.municipal_social_service.connector import MunicipalSocialServiceConnector
 from connectors.social_grocery.connector import SocialGroceryConnector
@@ -11,6 +12,7 @@ from hub.registry import Agency
 from hub.settings import AgencyConnection, Settings
 
 CONNECTOR_CLASSES: dict[str, type[Connector]] = {
+    "benefits_agency": BenefitsAgencyConnector,
     "employment_service": EmploymentServiceConnector,
     "social_grocery": SocialGroceryConnector,
     "municipal_social_service": MunicipalSocialServiceConnector,

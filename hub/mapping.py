@@ -46,6 +46,9 @@ class FieldRule(BaseModel):
         default=None, description="apply only when the referral asks for one of these"
     )
     required: bool = False
+    merge: bool = Field(
+        default=False, description="extend a list an earlier rule wrote to the same output"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> FieldRule:
@@ -106,7 +109,7 @@ class Mapping(BaseModel):
                 value = _format_date(value, rule.date_format)
             if rule.transliterate == "elot743":
                 value = _transliterate(value)
-            _put(out, rule.to, value)
+            _put(out, rule.to, value, merge=rule.merge)
         return out
 
 
@@ -119,12 +122,15 @@ def _get(document: Any, path: str) -> tuple[bool, Any]:
     return True, node
 
 
-def _put(document: dict[str, Any], path: str, value: Any) -> None:
+def _put(document: dict[str, Any], path: str, value: Any, *, merge: bool = False) -> None:
     *parents, leaf = path.split(".")
     node = document
     for part in parents:
         node = node.setdefault(part, {})
-    node[leaf] = value
+    if merge and isinstance(node.get(leaf), list) and isinstance(value, list):
+        node[leaf] = node[leaf] + [v for v in value if v not in node[leaf]]
+    else:
+        node[leaf] = value
 
 
 def _transliterate(value: Any) -> Any:
@@ -243,7 +249,9 @@ def load_mapping(path: Path, agency: str, family: str | None = None) -> Mapping:
             (
                 t
                 for t in targets
-                if t == rule.to or t.startswith(f"{rule.to}.") or rule.to.startswith(f"{t}.")
+                if (t == rule.to and not rule.merge)
+                or t.startswith(f"{rule.to}.")
+                or rule.to.startswith(f"{t}.")
             ),
             None,
         )

@@ -280,6 +280,8 @@ class Embedded:
                 update={"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
             )
             settings = settings.model_copy(update={"consumer": consumer})
+        if "status_poll_s" not in settings.model_fields_set:
+            settings = settings.model_copy(update={"status_poll_s": 2.0})  # sandboxes are local
         self.settings = settings
         self.broker = EmbeddedBroker(settings.embedded_broker_port)
         self.sandboxes: Sandboxes | None = None

@@ -8,7 +8,12 @@ from dataclasses import dataclass, field
 
 from pydantic import SecretStr
 
-from connectors.sandboxes import employment_service, municipal_social_service, social_grocery
+from connectors.sandboxes import (
+    benefits_agency,
+    employment_service,
+    municipal_social_service,
+    social_grocery,
+)
 from hub.servers import RunningServer, start_server
 from hub.settings import AgencyConnection, Settings
 from hub.webhooks import new_secret
@@ -36,6 +41,21 @@ async def start_sandboxes(
     host = settings.sandbox_host
     started = Sandboxes()
     try:
+        opeka_password = secrets.token_urlsafe(24)
+        app = benefits_agency.create_app(
+            benefits_agency.BenefitsSandboxConfig(
+                username="diasyndesi",
+                password=SecretStr(opeka_password),
+                decision_delay_s=delay,
+                state_file=state / "opeka.jsonl",
+            )
+        )
+        server = await start_server(app, host, settings.sandbox_benefits_port, "opeka sandbox")
+        started.servers["opeka"] = server
+        started.connections["opeka"] = AgencyConnection(
+            base_url=f"{server.url}/soap", username="diasyndesi", secret=SecretStr(opeka_password)
+        )
+
         dypa_secret = secrets.token_urlsafe(24)
         app = employment_service.create_app(
             employment_service.EmploymentSandboxConfig(

@@ -32,6 +32,7 @@ def make_settings(var_dir: Path) -> Settings:
         sandbox_municipal_port=free_port(),
         embedded_broker_port=free_port(),
         sandbox_decision_delay_s=0.3,
+        status_poll_s=0.5,
         consumer=ConsumerSettings(session_timeout_ms=6000, heartbeat_interval_ms=1000),
         log_level="WARNING",
     )

@@ -1,0 +1,96 @@
+"""The benefits agency (ΟΠΕΚΑ) connector: SOAP 1.2, WS-Security UsernameToken, polled status.
+
+ΟΠΕΚΑ cannot push status, so the hub polls ``status_of``. Idempotency is check-then-act:
+before submitting, the connector asks for the status of its ``hubReference`` and returns
+the existing protocol number instead of submitting twice. (Not atomic, but the hub never
+runs two deliveries of one referral at once: they share a partition key.)
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from connectors.base import (
+    AgencyConnection,
+    Connector,
+    Delivery,
+    PollsStatus,
+    Receipt,
+    RetryableError,
+    StatusReport,
+)
+from connectors.benefits_agency.client import BenefitsAgencyClient
+from schemas.codes import EnrollmentStatus
+
+# ΟΠΕΚΑ's status codes (WSDL type Katastasi) in the hub's vocabulary.
+STATUSES: dict[str, EnrollmentStatus] = {
+    "KATAXORITHIKE": EnrollmentStatus.RECEIVED,
+    "SE_ELEGXO": EnrollmentStatus.UNDER_REVIEW,
+    "ANAMONI_DIKAIOLOGITIKON": EnrollmentStatus.NEEDS_DOCUMENTS,
+    "EGKRITHIKE": EnrollmentStatus.ACCEPTED,
+    "APORRIFTHIKE": EnrollmentStatus.REJECTED,
+    "ANAKLITHIKE": EnrollmentStatus.WITHDRAWN,
+}
+
+
+class BenefitsAgencyConnector(Connector, PollsStatus):
+    """``connection.base_url`` is the SOAP endpoint (it overrides the WSDL's address);
+    ``username``/``secret`` are the WS-Security credentials."""
+
+    family = "benefits_agency"
+
+    def __init__(
+        self, agency: str, connection: AgencyConnection, *, max_connections: int = 64
+    ) -> None:
+        super().__init__(agency, connection, max_connections=max_connections)
+        self._session: aiohttp.ClientSession | None = None
+        self._client: BenefitsAgencyClient | None = None
+
+    async def start(self) -> None:
+        """Build the zeep client once: it parses the vendored WSDL synchronously (~ms)."""
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.max_connections),
+            raise_for_status=False,
+        )
+        self._client = BenefitsAgencyClient(
+            self.connection.base_url,
+            self.connection.username or "diasyndesi",
+            self.connection.secret.get_secret_value(),
+            timeout_s=self.connection.timeout_s,
+            session=self._session,
+        )
+
+    async def deliver(self, delivery: Delivery) -> Receipt:
+        assert self._client is not None, "deliver() before start()"
+        known = await self._client.application_status(hub_reference=delivery.idempotency_key)
+        if known is not None:
+            return Receipt(
+                reference=known.arithmos_protokollou,
+                status=STATUSES.get(known.katastasi),
+                duplicate=True,
+            )
+        protocol = await self._client.submit_application_support(
+            delivery.idempotency_key, delivery.payload
+        )
+        return Receipt(
+            reference=protocol.arithmos_protokollou,
+            status=STATUSES.get(protocol.katastasi),
+            duplicate=protocol.diplotypo,
+        )
+
+    async def status_of(self, reference: str) -> StatusReport | None:
+        """``reference`` is ΟΠΕΚΑ's protocol number, as returned in the Receipt."""
+        assert self._client is not None, "status_of() before start()"
+        found = await self._client.application_status(arithmos_protokollou=reference)
+        if found is None:
+            return None
+        status = STATUSES.get(found.katastasi)
+        if status is None:
+            raise RetryableError("status: unknown agency status code", error_class="unknown_status")
+        return StatusReport(status=status, reference=found.arithmos_protokollou)
+
+    async def stop(self) -> None:
+        self._client = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
