@@ -15,7 +15,7 @@ import pytest
 
 from hub.broker import free_port
 from hub.runtime import Embedded, Hub
-from hub.settings import ConsumerSettings, Settings
+from hub.settings import ConsumerSettings, RetrySettings, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,6 +33,7 @@ def make_settings(var_dir: Path) -> Settings:
         embedded_broker_port=free_port(),
         sandbox_decision_delay_s=0.3,
         status_poll_s=0.5,
+        retry=RetrySettings(attempts=3, initial_s=0.05, max_s=0.5, jitter_s=0.05),
         consumer=ConsumerSettings(session_timeout_ms=6000, heartbeat_interval_ms=1000),
         log_level="WARNING",
     )
@@ -55,8 +56,10 @@ class Stack:
         return self.embedded.settings.api_url
 
     def sandbox_url(self, agency: str = "dypa") -> str:
+        """Where an agency's ``/_sandbox/*`` routes are (municipalities share one server)."""
         assert self.embedded.sandboxes is not None
-        return self.embedded.sandboxes.connections[agency].base_url
+        server = self.embedded.sandboxes.servers.get(agency)
+        return server.url if server else self.embedded.sandboxes.connections[agency].base_url
 
     def token(self, kind: str = "centres", who: str = "KK-KOZANI") -> str:
         return self.embedded.credentials[kind][who]
@@ -87,8 +90,8 @@ class Stack:
         async with self.session.get(f"{self.sandbox_url(agency)}/_sandbox/{path}") as response:
             return await response.json()
 
-    async def faults(self, agency: str = "dypa", **knobs: Any) -> None:
-        url = f"{self.sandbox_url(agency)}/_sandbox/faults"
+    async def faults(self, agency: str = "dypa", path: str = "faults", **knobs: Any) -> None:
+        url = f"{self.sandbox_url(agency)}/_sandbox/{path}"
         async with self.session.post(url, json=knobs) as r:
             assert r.status == 200, await r.text()
 
