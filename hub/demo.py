@@ -15,9 +15,9 @@ from hub.errors import DiasyndesiError
 from hub.samples import sample_referral
 
 DEMO_PROGRAMMES = [
-    ["UNEMPLOYMENT_REGISTRATION"],
-    ["JOB_COUNSELLING", "VOCATIONAL_TRAINING"],
-    ["UNEMPLOYMENT_REGISTRATION", "JOB_COUNSELLING"],
+    ["GMI", "UNEMPLOYMENT_REGISTRATION", "SOCIAL_GROCERY", "HELP_AT_HOME"],
+    ["JOB_COUNSELLING", "SOUP_KITCHEN"],
+    ["HOUSING_ALLOWANCE", "PSYCHOSOCIAL_SUPPORT"],
 ]
 FINAL = {"accepted", "enrolled", "rejected", "waitlisted", "completed"}
 
