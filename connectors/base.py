@@ -25,6 +25,7 @@ from hub.settings import AgencyConnection
 from schemas.codes import EnrollmentStatus
 
 __all__ = [
+    "KEEPALIVE_S",
     "AgencyConnection",
     "Connector",
     "Delivery",
@@ -35,6 +36,12 @@ __all__ = [
     "StatusReport",
     "idempotency_key",
 ]
+
+
+KEEPALIVE_S = 4.0
+"""Pooled connections are dropped after this idle time: shorter than common server
+keep-alives (uvicorn's is 5 s), so a connector never reuses a connection the agency is
+closing at that moment (seen in benchmarks as resets after ~5 s idle)."""
 
 
 def idempotency_key(event_id: str, agency: str) -> str:

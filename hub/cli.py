@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from hub.db import Database
 from hub.errors import DiasyndesiError
 from hub.logs import configure_logging
 from hub.settings import Settings
@@ -22,6 +23,11 @@ app = typer.Typer(
 )
 schemas_app = typer.Typer(no_args_is_help=True, help="Canonical schema files.")
 app.add_typer(schemas_app, name="schemas")
+dlq_app = typer.Typer(
+    no_args_is_help=True,
+    help="Dead letters: list, show, replay (works on the database; a running hub publishes).",
+)
+app.add_typer(dlq_app, name="dlq")
 
 
 def _settings() -> Settings:
@@ -231,3 +237,96 @@ def schemas_export(
         return
     for path in export_json_schemas(target):
         typer.echo(f"wrote {path}")
+
+
+async def _open_db(settings: Settings) -> Database:
+    """The hub's database; created empty if this is a fresh checkout."""
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database)
+    await db.create_all()
+    return db
+
+
+@dlq_app.command("list")
+def dlq_list(
+    agency: Annotated[str | None, typer.Option(help="only this agency")] = None,
+    error_class: Annotated[str | None, typer.Option(help="only this error class")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="include replayed ones")] = False,
+) -> None:
+    """Open dead letters, oldest first (ids, agencies, reasons: no personal data)."""
+    from hub.dlq import list_dead_letters
+
+    settings = _settings()
+
+    async def main() -> None:
+        db = await _open_db(settings)
+        try:
+            letters = await list_dead_letters(
+                db, agency=agency, error_class=error_class, include_replayed=all_, limit=1000
+            )
+        finally:
+            await db.dispose()
+        for d in letters:
+            replayed = f" replayed {d.replays}x by {d.replayed_by}" if d.replays else ""
+            typer.echo(
+                f"{d.id:>6}  {d.dead_lettered_at:%Y-%m-%d %H:%M}  {d.agency:<26} "
+                f"{d.error_class:<20} attempts {d.attempts}  referral {d.referral_id}{replayed}"
+            )
+        typer.echo(f"{len(letters)} dead letter(s)")
+
+    _run(main())
+
+
+@dlq_app.command("show")
+def dlq_show(dead_letter_id: int) -> None:
+    """One dead letter in full (JSON)."""
+    from hub.dlq import get_dead_letter
+
+    settings = _settings()
+
+    async def main() -> None:
+        db = await _open_db(settings)
+        try:
+            letter = await get_dead_letter(db, dead_letter_id)
+        finally:
+            await db.dispose()
+        if letter is None:
+            raise DiasyndesiError(f"no dead letter {dead_letter_id}")
+        typer.echo(letter.model_dump_json(indent=2))
+
+    _run(main())
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    dead_letter_id: Annotated[int | None, typer.Argument(help="one dead letter")] = None,
+    agency: Annotated[str | None, typer.Option(help="all open ones of this agency")] = None,
+    error_class: Annotated[str | None, typer.Option(help="all open ones of this class")] = None,
+    operator: Annotated[str, typer.Option(help="who is replaying (audited)")] = "cli",
+) -> None:
+    """Queue dead letters for redelivery (same event id, so the agency can deduplicate)."""
+    from hub.dlq import replay, replay_many
+
+    settings = _settings()
+    if dead_letter_id is None and agency is None and error_class is None:
+        typer.echo("error: give a dead letter id, --agency or --error-class", err=True)
+        raise typer.Exit(2)
+
+    async def main() -> None:
+        db = await _open_db(settings)
+        try:
+            if dead_letter_id is not None:
+                ids = [(await replay(db, dead_letter_id, operator)).id]
+            else:
+                ids = await replay_many(
+                    db,
+                    operator,
+                    agency=agency,
+                    error_class=error_class,
+                    rate_per_s=settings.replay_rate_per_s,
+                )
+        finally:
+            await db.dispose()
+        typer.echo(f"queued {len(ids)} replay(s): {ids}")
+
+    _run(main())

@@ -1,24 +1,29 @@
-"""Runs one agency connector as a Kafka application: one consumer group per agency.
+"""Runs one agency connector as a Kafka application: one consumer group per agency, reading
+``kk.referrals.v1`` and the agency's own retry topics.
 
-For each ``referral.submitted`` record routed to the agency: map (allow-list), deliver with
-the hub's one retry policy (tenacity, exponential backoff with jitter), publish the outcome
-on ``kk.deliveries.v1`` with acks=all, and only then commit the offset. A crash anywhere
+For each ``referral.submitted`` record routed to the agency: map (allow-list), try a few
+times in process (tenacity, exponential backoff with jitter, Retry-After honoured), and then
+either record success, or re-publish the record to the next retry topic, or to the
+dead-letter topic (permanent failure, or retries exhausted). The outcome is published on
+``kk.deliveries.v1`` with acks=all and only then is the offset committed. A crash anywhere
 before the commit means the record is delivered again with the same idempotency key, which
 the agency recognises: at-least-once on the wire, exactly-once in effect.
 
-When the quick attempts are exhausted the runner publishes a ``failed`` outcome (so the
-centre sees ``retrying``) and keeps trying with a longer pause without committing; this
-holds back only this agency's partition, never another agency's consumer group.
+A retry-topic partition whose head record is not yet due is paused (and the consumer seeks
+back to it) until it is; a circuit breaker pauses all of this connector's partitions after
+consecutive failures. Neither ever touches another agency's consumer group.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -31,22 +36,36 @@ from tenacity import (
 )
 
 from connectors.base import Connector, Delivery, Receipt, idempotency_key
+from hub.breaker import BreakerState, CircuitBreaker
 from hub.bus import Publisher
 from hub.errors import BrokerError, DeliveryError, PermanentError, RetryableError
-from hub.events import Event, PoisonRecord, decode, encode
+from hub.events import Event, OutgoingRecord, PoisonRecord, decode, encode
 from hub.logs import get_logger
 from hub.mapping import Mapping
 from hub.metrics import HubMetrics
+from hub.retry_topics import RetryState, dlq_topic, reroute, retry_topic
 from hub.settings import RetrySettings
 from schemas.events import TOPIC_DELIVERIES, DeliveryOutcome, ReferralSubmitted
 
 log = get_logger(__name__)
 
-LONG_PAUSE_MAX_S = 60.0
+RETRY_AFTER_CAP_S = 60.0
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One consumed record: the decoded event plus what is needed to re-route it."""
+
+    event: Event
+    headers: list[tuple[str, bytes]]
+    key: bytes | None
+    value: bytes | None
+    origin: str
+    retry: RetryState
 
 
 class ConnectorRunner:
-    """The hub side of one connector: mapping, retries, outcomes, offsets."""
+    """The hub side of one connector: mapping, retries, dead letters, outcomes, offsets."""
 
     def __init__(
         self,
@@ -58,6 +77,7 @@ class ConnectorRunner:
         *,
         concurrency: int = 32,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.connector = connector
         self.agency = connector.agency
@@ -70,12 +90,29 @@ class ConnectorRunner:
             multiplier=retry.initial_s, max=retry.max_s, jitter=retry.jitter_s
         )
         self._sleep = sleep
+        self._clock = clock
         self._stopping = asyncio.Event()
+        self.breaker = CircuitBreaker(
+            retry.breaker_threshold, retry.breaker_cooldown_s, on_change=self._breaker_changed
+        )
+        metrics.circuit_state.labels(self.agency).set(BreakerState.CLOSED)
 
-    # -- one event --------------------------------------------------------------------------
+    @property
+    def topics(self) -> list[str]:
+        """Retry topics this runner consumes (besides kk.referrals.v1)."""
+        return [retry_topic(self.agency, n) for n in range(1, len(self.retry.topic_delays_s) + 1)]
 
-    async def handle(self, event: Event) -> DeliveryOutcome | None:
-        """Deliver one decoded event if it is for this agency; return the recorded outcome."""
+    def _breaker_changed(self, state: BreakerState) -> None:
+        self.metrics.circuit_state.labels(self.agency).set(state)
+        if state == BreakerState.OPEN:
+            self.metrics.circuit_opened.labels(self.agency).inc()
+        log.warning("circuit breaker", agency=self.agency, state=state.name.lower())
+
+    # -- one record -------------------------------------------------------------------------
+
+    async def handle(self, incoming: Incoming) -> DeliveryOutcome | None:
+        """Deliver one event if it is for this agency; return the recorded outcome."""
+        event = incoming.event
         if not isinstance(event.data, ReferralSubmitted):
             return None  # withdrawals and other types are not this runner's job yet
         referral = event.data.referral
@@ -88,36 +125,61 @@ class ConnectorRunner:
             idempotency_key=idempotency_key(event.id, self.agency),
             payload=self.mapping.apply(referral.model_dump(mode="json")),
         )
-        attempts = 0
-        pause = self.retry.max_s
-        while True:
-            async with self._limit:
-                result, used = await self._attempt(delivery)
-            attempts += used
+        async with self._limit:
+            result, used = await self._attempt(delivery)
+        attempts = incoming.retry.attempts + used
+        if isinstance(result, Receipt):
+            self.breaker.success()
+            outcome = self._outcome(delivery, attempts, receipt=result)
+        else:
             if isinstance(result, RetryableError):
-                await self._record(self._outcome(delivery, attempts, error=result))
-                log.warning(
-                    "delivery still failing, pausing",
-                    agency=self.agency,
-                    referral_id=delivery.referral_id,
-                    error_class=result.error_class,
-                    pause_s=round(pause, 1),
-                )
-                if await self._stopped_within(pause + random.uniform(0, self.retry.jitter_s)):
-                    raise result
-                pause = min(pause * 2, LONG_PAUSE_MAX_S)
-                continue
-            if isinstance(result, Receipt):
-                outcome = self._outcome(delivery, attempts, receipt=result)
-            else:
-                outcome = self._outcome(delivery, attempts, error=result)
-            await self._record(outcome)
-            return outcome
+                self.breaker.failure()
+            outcome = await self._reroute(incoming, delivery, attempts, result)
+        await self._record(outcome)
+        return outcome
+
+    async def _reroute(
+        self, incoming: Incoming, delivery: Delivery, attempts: int, error: DeliveryError
+    ) -> DeliveryOutcome:
+        """Send a failed delivery on to the next retry topic or to the dead-letter topic."""
+        now = self._clock()
+        level = incoming.retry.level + 1
+        delays = self.retry.topic_delays_s
+        dead = isinstance(error, PermanentError) or level > len(delays)
+        if dead:
+            topic, due = dlq_topic(self.agency), now
+        else:
+            delay = max(delays[level - 1], min(error.retry_after_s or 0, RETRY_AFTER_CAP_S))
+            topic, due = retry_topic(self.agency, level), now + delay
+        record = reroute(
+            incoming.headers,
+            incoming.key,
+            incoming.value,
+            topic=topic,
+            level=level,
+            attempts=attempts,
+            first_failure=incoming.retry.first_failure or datetime.now(UTC),
+            due=due,
+            origin=incoming.retry.origin or incoming.origin,
+            error_class=error.error_class,
+            error=str(error),
+        )
+        await self._publish_until_acked(record)
+        self.metrics.rerouted.labels(self.agency, "dlq" if dead else f"retry_{level}").inc()
+        log.warning(
+            "delivery failed; dead-lettered" if dead else "delivery failed; scheduled retry",
+            agency=self.agency,
+            referral_id=delivery.referral_id,
+            error_class=error.error_class,
+            attempts=attempts,
+            topic=topic,
+        )
+        return self._outcome(delivery, attempts, error=error, dead_lettered=dead)
 
     async def _attempt(self, delivery: Delivery) -> tuple[Receipt | DeliveryError, int]:
-        """The one declared retry policy: quick attempts with exponential backoff + jitter,
-        honouring an agency's Retry-After when it is longer. Returns the receipt or the
-        last classified error, and how many calls were made."""
+        """The quick in-process attempts: exponential backoff with jitter, honouring an
+        agency's Retry-After when it is longer. Returns the receipt or the last classified
+        error, and how many calls were made."""
         policy = AsyncRetrying(
             retry=retry_if_exception_type(RetryableError),
             stop=stop_after_attempt(self.retry.attempts),
@@ -145,7 +207,7 @@ class ConnectorRunner:
         base = self._backoff(state)
         exc = state.outcome.exception() if state.outcome else None
         hint = exc.retry_after_s if isinstance(exc, DeliveryError) else None
-        return max(base, min(hint, LONG_PAUSE_MAX_S)) if hint else base
+        return max(base, min(hint, self.retry.max_s)) if hint else base
 
     def _count_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -159,6 +221,7 @@ class ConnectorRunner:
         *,
         receipt: Receipt | None = None,
         error: DeliveryError | None = None,
+        dead_lettered: bool = False,
     ) -> DeliveryOutcome:
         return DeliveryOutcome(
             referral_id=delivery.referral_id,
@@ -169,20 +232,24 @@ class ConnectorRunner:
             error_class=error.error_class if error else None,
             error_message=str(error)[:400] if error else None,
             permanent=isinstance(error, PermanentError),
+            dead_lettered=dead_lettered,
             occurred_at=datetime.now(UTC),
             submitted_event_id=delivery.event_id,
         )
 
     async def _record(self, outcome: DeliveryOutcome) -> None:
-        """Publish the outcome; keep trying until the broker takes it (or we stop)."""
         record = encode(TOPIC_DELIVERIES, outcome.event_type, outcome, key=outcome.referral_id)
+        await self._publish_until_acked(record)
+
+    async def _publish_until_acked(self, record: OutgoingRecord) -> None:
+        """Keep trying until the broker takes the record (or we stop, leaving it uncommitted)."""
         pause = 0.2
         while True:
             try:
                 await self.publisher.publish(record)
                 return
             except BrokerError as exc:
-                log.warning("outcome not published yet", agency=self.agency, error=str(exc))
+                log.warning("record not published yet", agency=self.agency, error=str(exc))
                 if await self._stopped_within(pause):
                     raise
                 pause = min(pause * 2, 5.0)
@@ -197,43 +264,80 @@ class ConnectorRunner:
     async def run(self, consumer: AIOKafkaConsumer, commit_timeout_s: float = 10.0) -> None:
         """Consume until ``stop()``; commit each batch only after every outcome is recorded."""
         await self.connector.start()
+        held: dict[TopicPartition, float] = {}  # retry partitions paused until a due time
         try:
             while not self._stopping.is_set():
+                self._release(consumer, held)
                 try:
                     batches = await consumer.getmany(timeout_ms=200)
                 except KafkaError as exc:
                     log.warning("fetch failed", agency=self.agency, error=type(exc).__name__)
                     await self._stopped_within(1.0)
                     continue
-                if not batches:
-                    continue
-                offsets = await self._process(batches)
-                await self._commit(consumer, offsets, commit_timeout_s)
+                if batches:
+                    offsets = await self._process(consumer, batches, held)
+                    await self._commit(consumer, offsets, commit_timeout_s)
         finally:
             await self.connector.stop()
 
+    def _release(self, consumer: AIOKafkaConsumer, held: dict[TopicPartition, float]) -> None:
+        """Resume what is due and what the breaker allows; pause everything while it is open."""
+        owned = consumer.assignment()
+        if not self.breaker.allows():
+            consumer.pause(*owned)
+            return
+        now = self._clock()
+        for tp in list(held):
+            if tp not in owned:
+                del held[tp]
+            elif held[tp] <= now:
+                del held[tp]
+        consumer.resume(*(tp for tp in owned if tp not in held))
+
     async def _process(
-        self, batches: dict[TopicPartition, list[object]]
+        self,
+        consumer: AIOKafkaConsumer,
+        batches: dict[TopicPartition, list[Any]],
+        held: dict[TopicPartition, float],
     ) -> dict[TopicPartition, int]:
-        """Process a fetched batch: records with the same key in order, others concurrently."""
-        by_key: dict[bytes | None, list[Event]] = defaultdict(list)
+        """Records with the same key in order, others concurrently. A retry partition stops
+        at its first record that is not yet due: pause, seek back, commit up to it."""
+        by_key: dict[bytes | None, list[Incoming]] = defaultdict(list)
         offsets: dict[TopicPartition, int] = {}
-        for partition, records in batches.items():
+        now = self._clock()
+        for tp, records in batches.items():
             for record in records:
-                offsets[partition] = record.offset + 1  # type: ignore[attr-defined]
+                retry = RetryState.from_headers(record.headers)
+                if tp.topic != retry_topic(self.agency, retry.level) and retry.level:
+                    retry = RetryState()  # headers copied from elsewhere: start afresh
+                if retry.due > now:
+                    held[tp] = retry.due
+                    consumer.seek(tp, record.offset)
+                    consumer.pause(tp)
+                    break
+                offsets[tp] = record.offset + 1
                 try:
-                    event = decode(record.headers, record.key, record.value)  # type: ignore[attr-defined]
+                    event = decode(record.headers, record.key, record.value)
                 except PoisonRecord as exc:
                     self.metrics.poison_records.labels(self.agency).inc()
                     log.error("skipping poison record", agency=self.agency, reason=str(exc))
                     continue
-                by_key[record.key].append(event)  # type: ignore[attr-defined]
+                by_key[record.key].append(
+                    Incoming(
+                        event,
+                        list(record.headers),
+                        record.key,
+                        record.value,
+                        f"{tp.topic}/{tp.partition}/{record.offset}",
+                        retry,
+                    )
+                )
 
-        async def in_order(events: list[Event]) -> None:
-            for event in events:
-                await self.handle(event)
+        async def in_order(items: list[Incoming]) -> None:
+            for item in items:
+                await self.handle(item)
 
-        await asyncio.gather(*(in_order(events) for events in by_key.values()))
+        await asyncio.gather(*(in_order(items) for items in by_key.values()))
         return offsets
 
     async def _commit(

@@ -108,7 +108,7 @@ class OutboxRow(Base):
     __tablename__ = "outbox"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    event_id: Mapped[str] = mapped_column(String(36), index=True)  # repeated by replays
     referral_id: Mapped[str] = mapped_column(String(36), index=True)
     event_type: Mapped[str] = mapped_column(String(64))
     topic: Mapped[str] = mapped_column(String(128))
@@ -151,6 +151,26 @@ class ProcessedEventRow(Base):
 
     event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     processed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class DeadLetterRow(Base):
+    """The operator's view of ``kk.dlq.<connector>``: what was dead-lettered, why, and what
+    was done about it. Replays re-publish the stored outbox record (same event id)."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    referral_id: Mapped[str] = mapped_column(String(36), index=True)
+    agency: Mapped[str] = mapped_column(String(64), index=True)
+    event_id: Mapped[str] = mapped_column(String(36))
+    error_class: Mapped[str] = mapped_column(String(100), index=True)
+    reason: Mapped[str | None] = mapped_column(Text(), nullable=True)
+    permanent: Mapped[bool] = mapped_column(default=False)
+    attempts: Mapped[int] = mapped_column(Integer)
+    dead_lettered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    replayed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    replays: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class WebhookMessageRow(Base):

@@ -201,6 +201,10 @@ def check_minimisation(mapping: Mapping, family: str, where: str) -> None:
     """
     for index, rule in enumerate(mapping.fields):
         here = f"{where}: fields.{index} ({rule.to})"
+        if rule.source == "programmes" and rule.codes is None:
+            raise ConfigurationError(
+                f"{here}: programmes need a code list naming the agency's own programmes"
+            )
         if rule.source == "beneficiary.afm" and family != "benefits_agency":
             raise ConfigurationError(f"{here}: the AFM may go only to the benefits agency")
         if rule.source == "notes" and family != "municipal_social_service":

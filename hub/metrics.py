@@ -34,6 +34,24 @@ class HubMetrics:
             ["connector", "error_class"],
             registry=r,
         )
+        self.rerouted = Counter(
+            "diasyndesi_rerouted",
+            "Failed deliveries sent on to a retry topic or the dead-letter topic.",
+            ["connector", "destination"],
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "diasyndesi_circuit_state",
+            "Circuit breaker per connector: 0 closed, 1 open, 2 half-open.",
+            ["connector"],
+            registry=r,
+        )
+        self.circuit_opened = Counter(
+            "diasyndesi_circuit_opened",
+            "Times a connector's circuit breaker opened.",
+            ["connector"],
+            registry=r,
+        )
         self.poison_records = Counter(
             "diasyndesi_poison_records",
             "Records skipped because they are not a CloudEvent the hub understands.",

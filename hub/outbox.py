@@ -175,6 +175,7 @@ async def redrive_unfinished(db: Database) -> int:
             .where(
                 OutboxRow.referral_id.in_(unfinished),
                 OutboxRow.event_type == REFERRAL_SUBMITTED,
+                OutboxRow.topic == TOPIC_REFERRALS,
                 OutboxRow.sent_at.is_not(None),
             )
             .values(sent_at=None)

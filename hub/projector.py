@@ -15,15 +15,13 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, KafkaError
 from sqlalchemy import select
 
-from hub.db import Database, DeliveryRow, ProcessedEventRow, ReferralRow, TimelineRow
+from hub.db import Database, DeadLetterRow, DeliveryRow, ProcessedEventRow, ReferralRow, TimelineRow
 from hub.events import Event, PoisonRecord, decode
 from hub.logs import get_logger
 from hub.metrics import HubMetrics
 from schemas.events import DeliveryOutcome, StatusChanged
 
 log = get_logger(__name__)
-
-TERMINAL_DELIVERY = frozenset({"delivered", "dead_lettered", "withdrawn"})
 
 
 class Projector:
@@ -58,6 +56,19 @@ class Projector:
             now = datetime.now(UTC)
             if isinstance(data, DeliveryOutcome):
                 observe = self._apply_outcome(row, data)
+                if data.dead_lettered:
+                    session.add(
+                        DeadLetterRow(
+                            referral_id=data.referral_id,
+                            agency=data.agency,
+                            event_id=data.submitted_event_id,
+                            error_class=data.error_class or "",
+                            reason=data.error_message,
+                            permanent=data.permanent,
+                            attempts=row.attempts,
+                            dead_lettered_at=data.occurred_at,
+                        )
+                    )
                 session.add(
                     TimelineRow(
                         referral_id=data.referral_id,
@@ -105,9 +116,9 @@ class Projector:
             if first:
                 row.delivered_at = data.occurred_at
             return first
-        outcome = "dead_lettered" if data.permanent else "retrying"
+        outcome = "dead_lettered" if data.dead_lettered else "retrying"
         self.metrics.deliveries.labels(data.agency, outcome).inc()
-        if row.delivery not in TERMINAL_DELIVERY:
+        if row.delivery != "delivered":
             row.delivery = outcome
             row.error_class = data.error_class
         return False

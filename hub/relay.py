@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select, update
@@ -36,6 +37,7 @@ class Relay:
         *,
         bootstrap: str,
         partitions: int,
+        topics: Sequence[str] = (*HUB_TOPICS, MARKER_TOPIC),
         poll_s: float = 0.05,
         batch: int = 200,
         topic_check_s: float = 5.0,
@@ -44,6 +46,7 @@ class Relay:
         self.publisher = publisher
         self.metrics = metrics
         self.bootstrap = bootstrap
+        self.topics = list(topics)
         self.partitions = partitions
         self.poll_s = poll_s
         self.batch = batch
@@ -138,6 +141,6 @@ class Relay:
         if MARKER_TOPIC in await list_topics(self.bootstrap):
             return
         log.warning("broker lost its data (marker topic gone); re-creating and re-driving")
-        await ensure_topics(self.bootstrap, (*HUB_TOPICS, MARKER_TOPIC), self.partitions)
+        await ensure_topics(self.bootstrap, self.topics, self.partitions)
         requeued = await redrive_unfinished(self.db)
         log.info("re-drive queued", records=requeued)

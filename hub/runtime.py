@@ -20,7 +20,7 @@ from hub.broker import EmbeddedBroker
 from hub.bus import HUB_TOPICS, MARKER_TOPIC, KafkaPublisher, ensure_topics, make_consumer
 from hub.connector_runner import ConnectorRunner
 from hub.db import Database
-from hub.errors import BrokerError
+from hub.errors import BrokerError, ConfigurationError
 from hub.factory import build_connector
 from hub.logs import get_logger
 from hub.mapping import Mapping, load_mapping
@@ -30,6 +30,7 @@ from hub.poller import StatusPoller
 from hub.projector import Projector
 from hub.registry import Registry
 from hub.relay import Relay
+from hub.retry_topics import connector_topics
 from hub.sandboxes import Sandboxes, start_sandboxes
 from hub.servers import RunningServer, start_server
 from hub.settings import Settings
@@ -39,11 +40,24 @@ log = get_logger(__name__)
 
 
 def load_mappings(settings: Settings, registry: Registry) -> dict[str, Mapping]:
-    """Validate every active agency's mapping; a bad one stops the start."""
-    return {
-        agency.id: load_mapping(settings.mappings_dir / agency.mapping, agency.id, agency.family)
-        for agency in registry.active_agencies
-    }
+    """Validate every active agency's mapping; a bad one stops the start. Beyond the
+    minimisation rules, an agency's programme code list may name only its own programmes
+    (a programme code can itself be health data, e.g. DISABILITY_DAY_CARE)."""
+    mappings = {}
+    for agency in registry.active_agencies:
+        path = settings.mappings_dir / agency.mapping
+        mapping = load_mapping(path, agency.id, agency.family)
+        own = {p.value for p in agency.programmes}
+        for index, rule in enumerate(mapping.fields):
+            if rule.source == "programmes" and rule.codes:
+                foreign = sorted(set(mapping.codes[rule.codes]) - own)
+                if foreign:
+                    raise ConfigurationError(
+                        f"{path}: fields.{index} ({rule.to}): code list {rule.codes!r} "
+                        f"names programmes {foreign} that {agency.id} does not handle"
+                    )
+        mappings[agency.id] = mapping
+    return mappings
 
 
 class Hub:
@@ -71,11 +85,18 @@ class Hub:
         self.run_projector = run_projector
         self.db = Database(settings.database)
         self.publisher = KafkaPublisher(bootstrap, settings.producer, client_id="diasyndesi-hub")
+        levels = len(settings.retry.topic_delays_s)
+        self.topics = [
+            *HUB_TOPICS,
+            MARKER_TOPIC,
+            *(t for agency in self.mappings for t in connector_topics(agency, levels)),
+        ]
         self.relay = Relay(
             self.db,
             self.publisher,
             self.metrics,
             bootstrap=bootstrap,
+            topics=self.topics,
             partitions=settings.topic_partitions,
             poll_s=settings.relay_poll_s,
             batch=settings.relay_batch,
@@ -115,10 +136,7 @@ class Hub:
         await self.db.create_all()
         try:
             await ensure_topics(
-                self.bootstrap,
-                (*HUB_TOPICS, MARKER_TOPIC),
-                self.settings.topic_partitions,
-                timeout_s=5,
+                self.bootstrap, self.topics, self.settings.topic_partitions, timeout_s=10
             )
         except BrokerError as exc:
             log.warning("broker not reachable at start; will keep trying", error=str(exc))
@@ -161,7 +179,11 @@ class Hub:
                 self._spawn(f"poller:{agency_id}", self._poll(polled))
             self._spawn(
                 f"connector:{agency_id}",
-                self._consume(f"diasyndesi.connector.{agency_id}", [TOPIC_REFERRALS], runner.run),
+                self._consume(
+                    f"diasyndesi.connector.{agency_id}",
+                    [TOPIC_REFERRALS, *runner.topics],
+                    runner.run,
+                ),
             )
 
     async def _poll(self, connector: Connector) -> None:

@@ -50,12 +50,17 @@ class ConsumerSettings(BaseModel):
 
 
 class RetrySettings(BaseModel):
-    """The one in-process retry policy the hub applies to every connector (tenacity)."""
+    """The one retry policy the hub applies to every connector: a few quick in-process
+    attempts (tenacity, exponential backoff with jitter, Retry-After honoured), then the
+    retry topics with these delays, then the dead-letter topic; and a circuit breaker."""
 
     attempts: int = Field(default=5, ge=1, le=50)
     initial_s: float = Field(default=0.2, gt=0)
     max_s: float = Field(default=5.0, gt=0)
     jitter_s: float = Field(default=0.2, ge=0)
+    topic_delays_s: list[float] = Field(default=[60.0, 600.0, 3600.0], max_length=10)
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
 
 
 class AgencyConnection(BaseModel):
@@ -98,6 +103,7 @@ class Settings(BaseSettings):
     consumer: ConsumerSettings = ConsumerSettings()
     retry: RetrySettings = RetrySettings()
 
+    replay_rate_per_s: float = Field(default=10.0, gt=0, le=1000)
     relay_poll_s: float = Field(default=0.05, gt=0)
     relay_batch: int = Field(default=200, ge=1)
 

@@ -56,6 +56,8 @@ class DeliveryOutcome(CanonicalModel):
     error_message: Annotated[str, StringConstraints(max_length=500)] | None = None
     permanent: bool = False
     """True when retrying cannot help (the agency refused the delivery as it is)."""
+    dead_lettered: bool = False
+    """True when the delivery went to the dead-letter topic: terminal until replayed."""
     occurred_at: AwareDatetime
     submitted_event_id: Annotated[str, StringConstraints(min_length=1, max_length=100)]
 

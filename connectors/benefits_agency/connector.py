@@ -11,6 +11,7 @@ from __future__ import annotations
 import aiohttp
 
 from connectors.base import (
+    KEEPALIVE_S,
     AgencyConnection,
     Connector,
     Delivery,
@@ -49,7 +50,9 @@ class BenefitsAgencyConnector(Connector, PollsStatus):
     async def start(self) -> None:
         """Build the zeep client once: it parses the vendored WSDL synchronously (~ms)."""
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.max_connections),
+            connector=aiohttp.TCPConnector(
+                limit=self.max_connections, keepalive_timeout=KEEPALIVE_S
+            ),
             raise_for_status=False,
         )
         self._client = BenefitsAgencyClient(

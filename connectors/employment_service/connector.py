@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from connectors.base import AgencyConnection, Connector, Delivery, Receipt
+from connectors.base import KEEPALIVE_S, AgencyConnection, Connector, Delivery, Receipt
 from connectors.employment_service.client import EmploymentServiceClient
 from schemas.codes import EnrollmentStatus
 
@@ -24,7 +24,9 @@ class EmploymentServiceConnector(Connector):
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.max_connections),
+            connector=aiohttp.TCPConnector(
+                limit=self.max_connections, keepalive_timeout=KEEPALIVE_S
+            ),
             raise_for_status=False,
         )
         self._client = EmploymentServiceClient(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from connectors.base import AgencyConnection, Connector, Delivery, Receipt
+from connectors.base import KEEPALIVE_S, AgencyConnection, Connector, Delivery, Receipt
 from connectors.municipal_social_service.client import MunicipalSocialServiceClient
 from hub.errors import ConfigurationError
 from hub.webhooks import WebhookError, decode_secret
@@ -35,7 +35,9 @@ class MunicipalSocialServiceConnector(Connector):
                 f"agency {self.agency}: secret must be a whsec_ Standard Webhooks secret"
             ) from None
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.max_connections),
+            connector=aiohttp.TCPConnector(
+                limit=self.max_connections, keepalive_timeout=KEEPALIVE_S
+            ),
             raise_for_status=False,
         )
         self._client = MunicipalSocialServiceClient(

@@ -366,6 +366,8 @@ def create_app(config: BenefitsSandboxConfig) -> FastAPI:
                 return _hostile(app.state.hostile)
             if fault.status_code == 500:  # the agency's application failed: SOAP says so
                 return SoapFault("Receiver", "ESOTERIKO", "Προσωρινό σφάλμα").response()
+            if fault.status_code == 400:  # a refusal by the service itself: SOAP says Sender
+                return SoapFault("Sender", "EPIKYROSI", "Το αίτημα απορρίφθηκε").response()
             return fault  # 503 / 504 come from the gateway in front, not from SOAP
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/soap+xml":
             return SoapFault("Sender", "SOAP", "Αναμένεται application/soap+xml").response()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from connectors.base import AgencyConnection, Connector, Delivery, Receipt
+from connectors.base import KEEPALIVE_S, AgencyConnection, Connector, Delivery, Receipt
 from connectors.social_grocery.client import SocialGroceryClient
 from hub.errors import ConfigurationError
 from schemas.codes import EnrollmentStatus
@@ -38,7 +38,9 @@ class SocialGroceryConnector(Connector):
         if not self.connection.base_url or not self.connection.secret.get_secret_value():
             raise ConfigurationError(f"{self.agency}: base_url and secret (API key) are required")
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.max_connections),
+            connector=aiohttp.TCPConnector(
+                limit=self.max_connections, keepalive_timeout=KEEPALIVE_S
+            ),
             raise_for_status=False,
         )
         self._client = SocialGroceryClient(

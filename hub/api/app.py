@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.api import agencies, health, referrals
+from hub.api import agencies, health, ops, referrals
 from hub.api.deps import HubState
 
 
@@ -90,6 +90,7 @@ def create_app(state: HubState) -> FastAPI:
     app.state.hub = state
     app.include_router(referrals.router)
     app.include_router(agencies.router)
+    app.include_router(ops.router)
     app.include_router(health.router)
 
     @app.exception_handler(RequestValidationError)

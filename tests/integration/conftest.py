@@ -33,7 +33,15 @@ def make_settings(var_dir: Path) -> Settings:
         embedded_broker_port=free_port(),
         sandbox_decision_delay_s=0.3,
         status_poll_s=0.5,
-        retry=RetrySettings(attempts=3, initial_s=0.05, max_s=0.5, jitter_s=0.05),
+        retry=RetrySettings(
+            attempts=3,
+            initial_s=0.05,
+            max_s=0.5,
+            jitter_s=0.05,
+            topic_delays_s=[0.5, 1.0, 2.0],
+            breaker_threshold=50,
+            breaker_cooldown_s=1.0,
+        ),
         consumer=ConsumerSettings(session_timeout_ms=6000, heartbeat_interval_ms=1000),
         log_level="WARNING",
     )

@@ -70,6 +70,36 @@ async def test_a_permanent_refusal_is_dead_lettered_with_its_reason(stack: Stack
         'diasyndesi_deliveries_total{connector="kozani-social-service",outcome="dead_lettered"} 1.0'
     ) in metrics
 
+    # The operator sees the dead letter with its reason, and replays it once the cause is fixed.
+    operator = {"Authorization": f"Bearer {stack.token('operators', 'operator')}"}
+    async with stack.session.get(f"{stack.url}/v1/ops/dlq", headers=operator) as response:
+        [letter] = await response.json()
+    assert (letter["agency"], letter["error_class"], letter["permanent"]) == (
+        "kozani-social-service",
+        "http_400",
+        True,
+    )
+    centre = {"Authorization": f"Bearer {stack.token()}"}
+    async with stack.session.get(f"{stack.url}/v1/ops/dlq", headers=centre) as response:
+        assert response.status == 403  # centres cannot see dead letters
+    await stack.faults("kozani-social-service")
+    replay_url = f"{stack.url}/v1/ops/dlq/{letter['id']}/replay"
+    async with stack.session.post(replay_url, headers=operator) as response:
+        assert response.status == 202, await response.text()
+        assert (await response.json())["replayed_by"] == "operator"
+    [view] = await stack.wait_for(
+        [answer["id"]],
+        lambda v: by_agency(v)["kozani-social-service"]["delivery"] == "delivered",
+        timeout_s=30,
+    )
+    assert ("replayed", "kozani-social-service") in [
+        (t["kind"], t["agency"]) for t in view["timeline"]
+    ]
+    received = await stack.sandbox("received", "kozani-social-service")
+    assert [r["duplicate"] for r in received] == [False]  # the agency took it exactly once
+    async with stack.session.post(replay_url, headers=operator) as response:
+        assert response.status == 409  # already delivered: nothing left to replay
+
 
 async def test_a_hostile_soap_answer_is_classified_and_harmless(stack: Stack) -> None:
     await stack.faults("opeka", path="malformed", mode="bomb")

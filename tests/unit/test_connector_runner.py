@@ -6,15 +6,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
-
 from connectors.base import Connector, Delivery, Receipt, idempotency_key
+from hub.breaker import BreakerState
 from hub.bus import MemoryPublisher
-from hub.connector_runner import ConnectorRunner
+from hub.connector_runner import ConnectorRunner, Incoming
 from hub.errors import PermanentError, RetryableError
-from hub.events import Event, decode, encode
+from hub.events import Event, OutgoingRecord, decode, encode
 from hub.mapping import load_mapping
 from hub.metrics import HubMetrics
+from hub.retry_topics import H_ERROR_CLASS, H_LEVEL, RetryState, dlq_topic, retry_topic
 from hub.samples import sample_referral
 from hub.settings import AgencyConnection, RetrySettings
 from schemas.events import (
@@ -73,6 +73,25 @@ def submitted_event(routed: list[str] | None = None) -> Event:
     return decode(record.headers, record.key, record.value)
 
 
+def incoming(
+    event: Event | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+    retry: RetryState | None = None,
+) -> Incoming:
+    event = event or submitted_event()
+    record = encode(
+        TOPIC_REFERRALS, REFERRAL_SUBMITTED, event.data, key=REFERRAL_ID, event_id=event.id
+    )
+    return Incoming(
+        event,
+        headers or record.headers,
+        record.key,
+        record.value,
+        f"{TOPIC_REFERRALS}/0/7",
+        retry or RetryState(),
+    )
+
+
 async def no_sleep(_: float) -> None:
     return None
 
@@ -96,7 +115,8 @@ def runner(
 def outcomes(publisher: MemoryPublisher) -> list[tuple[str, DeliveryOutcome]]:
     result = []
     for record in publisher.records:
-        assert record.topic == TOPIC_DELIVERIES
+        if record.topic != TOPIC_DELIVERIES:
+            continue
         assert record.key == REFERRAL_ID.encode()
         event = decode(record.headers, record.key, record.value)
         assert isinstance(event.data, DeliveryOutcome)
@@ -104,10 +124,14 @@ def outcomes(publisher: MemoryPublisher) -> list[tuple[str, DeliveryOutcome]]:
     return result
 
 
+def rerouted(publisher: MemoryPublisher) -> list[OutgoingRecord]:
+    return [r for r in publisher.records if r.topic != TOPIC_DELIVERIES]
+
+
 async def test_delivers_the_mapped_payload_with_a_deterministic_key() -> None:
     hub_runner, publisher, connector, _ = runner([])
     event = submitted_event()
-    outcome = await hub_runner.handle(event)
+    outcome = await hub_runner.handle(incoming(event))
     assert outcome is not None and outcome.succeeded and outcome.reference == "DYPA-7"
     [call] = connector.calls
     assert call.idempotency_key == idempotency_key(event.id, "dypa")
@@ -125,7 +149,7 @@ async def test_retryable_failures_are_retried_by_the_hub_policy() -> None:
         RetryableError("x", error_class="timeout"),
     ]
     hub_runner, publisher, connector, metrics = runner(errors, attempts=3)
-    outcome = await hub_runner.handle(submitted_event())
+    outcome = await hub_runner.handle(incoming())
     assert outcome is not None and outcome.succeeded
     assert outcome.attempts == 3
     assert len({c.idempotency_key for c in connector.calls}) == 1
@@ -136,37 +160,92 @@ async def test_retryable_failures_are_retried_by_the_hub_policy() -> None:
     assert retries == 1.0
 
 
-async def test_permanent_failure_is_not_retried_and_is_recorded() -> None:
+async def test_permanent_failure_goes_straight_to_the_dead_letter_topic() -> None:
     hub_runner, publisher, connector, _ = runner([PermanentError("no", error_class="http_400")])
-    outcome = await hub_runner.handle(submitted_event())
-    assert outcome is not None and not outcome.succeeded and outcome.permanent
+    event = submitted_event()
+    outcome = await hub_runner.handle(incoming(event))
+    assert outcome is not None and not outcome.succeeded
+    assert (outcome.permanent, outcome.dead_lettered) == (True, True)
     assert len(connector.calls) == 1
     [(kind, data)] = outcomes(publisher)
     assert kind == DELIVERY_FAILED
     assert (data.error_class, data.attempts) == ("http_400", 1)
+    [dead] = rerouted(publisher)
+    assert dead.topic == dlq_topic("dypa")
+    assert dead.key == REFERRAL_ID.encode()
+    headers = dict(dead.headers)
+    assert headers["ce_id"] == event.id.encode()  # same event, same idempotency key
+    assert headers[H_ERROR_CLASS] == b"http_400"
+    assert headers["x-dsy-origin"] == f"{TOPIC_REFERRALS}/0/7".encode()
+    assert decode(dead.headers, dead.key, dead.value).id == event.id
 
 
-async def test_exhausted_retries_publish_retrying_then_keep_going(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    errors: list[Exception] = [RetryableError("x", error_class="http_503") for _ in range(3)]
+async def test_exhausted_quick_attempts_go_to_the_next_retry_topic() -> None:
+    errors: list[Exception] = [RetryableError("x", error_class="http_503") for _ in range(2)]
     hub_runner, publisher, connector, _ = runner(errors, attempts=2)
-    outcome = await hub_runner.handle(submitted_event())
-    assert outcome is not None and outcome.succeeded
-    assert len(connector.calls) == 4
-    kinds = [(kind, data.permanent, data.attempts) for kind, data in outcomes(publisher)]
-    assert kinds == [(DELIVERY_FAILED, False, 2), (DELIVERY_SUCCEEDED, False, 4)]
+    hub_runner._clock = lambda: 1000.0  # type: ignore[method-assign]
+    outcome = await hub_runner.handle(incoming())
+    assert outcome is not None and not outcome.succeeded and not outcome.dead_lettered
+    [retry] = rerouted(publisher)
+    headers = dict(retry.headers)
+    assert retry.topic == retry_topic("dypa", 1)
+    assert (headers[H_LEVEL], headers["x-dsy-attempts"]) == (b"1", b"2")
+    assert float(headers["x-dsy-due"]) == 1000.0 + hub_runner.retry.topic_delays_s[0]
+
+    # The record comes back from the retry topic when due; it succeeds this time.
+    again = Incoming(
+        incoming().event,
+        retry.headers,
+        retry.key,
+        retry.value,
+        f"{retry.topic}/0/0",
+        RetryState.from_headers(retry.headers),
+    )
+    outcome = await hub_runner.handle(again)
+    assert outcome is not None and outcome.succeeded and outcome.attempts == 3
+    assert len(connector.calls) == 3
+
+
+async def test_the_last_retry_level_ends_in_the_dead_letter_topic() -> None:
+    errors: list[Exception] = [RetryableError("x", error_class="timeout") for _ in range(9)]
+    hub_runner, publisher, _, _ = runner(errors, attempts=1)
+    levels = len(hub_runner.retry.topic_delays_s)
+    last = RetryState(level=levels, attempts=levels)
+    outcome = await hub_runner.handle(incoming(retry=last))
+    assert outcome is not None and outcome.dead_lettered and not outcome.permanent
+    assert outcome.attempts == levels + 1
+    [dead] = rerouted(publisher)
+    assert dead.topic == dlq_topic("dypa")
+
+
+async def test_the_breaker_opens_after_consecutive_failures_and_closes_on_success() -> None:
+    errors: list[Exception] = [RetryableError("x", error_class="http_503") for _ in range(5)]
+    hub_runner, _, _, metrics = runner(errors, attempts=1)
+    for _ in range(5):
+        await hub_runner.handle(incoming())
+    assert hub_runner.breaker.state == BreakerState.OPEN
+    assert not hub_runner.breaker.allows()
+    assert (
+        metrics.registry.get_sample_value("diasyndesi_circuit_opened_total", {"connector": "dypa"})
+        == 1.0
+    )
+    hub_runner.breaker.opened_at -= hub_runner.breaker.cooldown_s  # cooldown over
+    assert hub_runner.breaker.allows() and hub_runner.breaker.state == BreakerState.HALF_OPEN
+    await hub_runner.handle(incoming())  # the probe succeeds
+    assert hub_runner.breaker.state == BreakerState.CLOSED
 
 
 async def test_a_foreign_exception_is_contained_as_retryable() -> None:
-    hub_runner, _, _, _ = runner([KeyError("bug")], attempts=2)
-    outcome = await hub_runner.handle(submitted_event())
-    assert outcome is not None and outcome.succeeded  # second call succeeds
+    hub_runner, publisher, _, _ = runner([KeyError("bug")], attempts=2)
+    outcome = await hub_runner.handle(incoming())
+    assert outcome is not None and not outcome.succeeded and not outcome.dead_lettered
+    assert outcome.error_class == "connector_bug"
+    assert [r.topic for r in rerouted(publisher)] == [retry_topic("dypa", 1)]
 
 
 async def test_events_for_other_agencies_are_ignored() -> None:
     hub_runner, publisher, connector, _ = runner([])
-    assert await hub_runner.handle(submitted_event(routed=["opeka"])) is None
+    assert await hub_runner.handle(incoming(submitted_event(routed=["opeka"]))) is None
     assert connector.calls == [] and publisher.records == []
 
 
@@ -174,10 +253,11 @@ async def test_outcome_waits_for_the_bus_to_come_back() -> None:
     hub_runner, publisher, _, _ = runner([])
     publisher.fail = True
 
-    async def heal(_: float) -> None:
+    async def heal(_: float) -> bool:
         publisher.fail = False
+        return False
 
-    hub_runner._stopped_within = heal  # type: ignore[method-assign,assignment]
-    outcome = await hub_runner.handle(submitted_event())
+    hub_runner._stopped_within = heal  # type: ignore[method-assign]
+    outcome = await hub_runner.handle(incoming())
     assert outcome is not None and outcome.succeeded
     assert len(publisher.records) == 1
