@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -121,10 +121,11 @@ def make_consumer(
     topics: Sequence[str],
     settings: ConsumerSettings,
     client_id: str,
+    listener: ConsumerRebalanceListener | None = None,
 ) -> AIOKafkaConsumer:
-    """A consumer in ``group_id`` with manual commits only."""
-    return AIOKafkaConsumer(
-        *topics,
+    """A consumer in ``group_id`` with manual commits only, subscribed with ``listener`` so
+    in-flight work can be drained before partitions move to another member."""
+    consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=group_id,
         client_id=client_id,
@@ -138,6 +139,8 @@ def make_consumer(
         request_timeout_ms=settings.request_timeout_ms,
         isolation_level="read_uncommitted",
     )
+    consumer.subscribe(topics=list(topics), listener=listener)
+    return consumer
 
 
 async def ensure_topics(

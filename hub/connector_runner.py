@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from tenacity import (
     AsyncRetrying,
@@ -64,6 +64,27 @@ class Incoming:
     retry: RetryState
 
 
+class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before partitions move to another member, wait (bounded) for the batch in flight to
+    finish and be committed, so the new owner does not redo work already done."""
+
+    def __init__(self, runner: ConnectorRunner, timeout_s: float = 30.0) -> None:
+        self.runner = runner
+        self.timeout_s = timeout_s
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        try:
+            await asyncio.wait_for(self.runner.idle.wait(), self.timeout_s)
+        except TimeoutError:
+            log.warning(
+                "rebalance before the batch finished; it will be redelivered",
+                agency=self.runner.agency,
+            )
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions assigned", agency=self.runner.agency, count=len(assigned))
+
+
 class ConnectorRunner:
     """The hub side of one connector: mapping, retries, dead letters, outcomes, offsets."""
 
@@ -92,6 +113,11 @@ class ConnectorRunner:
         self._sleep = sleep
         self._clock = clock
         self._stopping = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.stall_s = 120.0
+        self._last_progress = time.monotonic()
+        self._last_watch = 0.0
         self.breaker = CircuitBreaker(
             retry.breaker_threshold, retry.breaker_cooldown_s, on_change=self._breaker_changed
         )
@@ -275,10 +301,43 @@ class ConnectorRunner:
                     await self._stopped_within(1.0)
                     continue
                 if batches:
-                    offsets = await self._process(consumer, batches, held)
-                    await self._commit(consumer, offsets, commit_timeout_s)
+                    self.idle.clear()
+                    try:
+                        offsets = await self._process(consumer, batches, held)
+                        await self._commit(consumer, offsets, commit_timeout_s)
+                    finally:
+                        self.idle.set()
+                    self._last_progress = time.monotonic()
+                elif time.monotonic() - self._last_watch > 5.0:
+                    self._last_watch = time.monotonic()
+                    await self._watch(consumer, held)
         finally:
             await self.connector.stop()
+
+    async def _watch(self, consumer: AIOKafkaConsumer, held: dict[TopicPartition, float]) -> None:
+        """Notice a consumer that makes no progress although records are waiting (lag on a
+        partition that is neither held for a due time nor paused by the breaker)."""
+        if self.breaker.state == BreakerState.OPEN:
+            return
+        lag = 0
+        for tp in consumer.assignment():
+            if tp in held:
+                continue
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), 1.0)
+            except (KafkaError, TimeoutError):
+                continue
+            lag += max(highwater - position, 0)
+        stalled = lag > 0 and time.monotonic() - self._last_progress > self.stall_s
+        self.metrics.consumer_lag.labels(self.agency).set(lag)
+        self.metrics.consumer_stalled.labels(self.agency).set(1 if stalled else 0)
+        if stalled:
+            log.error(
+                "consumer makes no progress although records wait", agency=self.agency, lag=lag
+            )
 
     def _release(self, consumer: AIOKafkaConsumer, held: dict[TopicPartition, float]) -> None:
         """Resume what is due and what the breaker allows; pause everything while it is open."""

@@ -52,6 +52,18 @@ class HubMetrics:
             ["connector"],
             registry=r,
         )
+        self.consumer_lag = Gauge(
+            "diasyndesi_consumer_lag",
+            "Records waiting for a connector on partitions it may consume now.",
+            ["connector"],
+            registry=r,
+        )
+        self.consumer_stalled = Gauge(
+            "diasyndesi_consumer_stalled",
+            "1 when a connector has lag but has made no progress for its stall window.",
+            ["connector"],
+            registry=r,
+        )
         self.poison_records = Counter(
             "diasyndesi_poison_records",
             "Records skipped because they are not a CloudEvent the hub understands.",

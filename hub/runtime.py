@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from connectors.base import Connector, PollsStatus
@@ -18,7 +18,7 @@ from hub.api.deps import HubState
 from hub.auth import ensure_dev_credentials
 from hub.broker import EmbeddedBroker
 from hub.bus import HUB_TOPICS, MARKER_TOPIC, KafkaPublisher, ensure_topics, make_consumer
-from hub.connector_runner import ConnectorRunner
+from hub.connector_runner import ConnectorRunner, DrainOnRevoke
 from hub.db import Database
 from hub.errors import BrokerError, ConfigurationError
 from hub.factory import build_connector
@@ -183,6 +183,7 @@ class Hub:
                     f"diasyndesi.connector.{agency_id}",
                     [TOPIC_REFERRALS, *runner.topics],
                     runner.run,
+                    DrainOnRevoke(runner),
                 ),
             )
 
@@ -227,11 +228,17 @@ class Hub:
         group: str,
         topics: list[str],
         body: Callable[[AIOKafkaConsumer], Awaitable[None]],
+        listener: ConsumerRebalanceListener | None = None,
     ) -> None:
         pause = 0.2
         while not self._stopping.is_set():
             consumer = make_consumer(
-                self.bootstrap, group, topics, self.settings.consumer, client_id=group
+                self.bootstrap,
+                group,
+                topics,
+                self.settings.consumer,
+                client_id=group,
+                listener=listener,
             )
             try:
                 await asyncio.wait_for(

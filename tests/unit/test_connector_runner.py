@@ -3,13 +3,14 @@ mapping before delivery, the one retry policy, classification, outcome events.""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
 from connectors.base import Connector, Delivery, Receipt, idempotency_key
 from hub.breaker import BreakerState
 from hub.bus import MemoryPublisher
-from hub.connector_runner import ConnectorRunner, Incoming
+from hub.connector_runner import ConnectorRunner, DrainOnRevoke, Incoming
 from hub.errors import PermanentError, RetryableError
 from hub.events import Event, OutgoingRecord, decode, encode
 from hub.mapping import load_mapping
@@ -261,3 +262,14 @@ async def test_outcome_waits_for_the_bus_to_come_back() -> None:
     outcome = await hub_runner.handle(incoming())
     assert outcome is not None and outcome.succeeded
     assert len(publisher.records) == 1
+
+
+async def test_a_rebalance_waits_for_the_batch_in_flight() -> None:
+    hub_runner, _, _, _ = runner([])
+    listener = DrainOnRevoke(hub_runner, timeout_s=2.0)
+    hub_runner.idle.clear()  # a batch is being processed
+    revoke = asyncio.create_task(listener.on_partitions_revoked(set()))
+    await asyncio.sleep(0.05)
+    assert not revoke.done()
+    hub_runner.idle.set()  # batch finished and committed
+    await asyncio.wait_for(revoke, 1.0)
