@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv run test check lint format schemas bench lock clean
+.PHONY: venv run test faults check lint format schemas bench lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ run: venv ## start the hub on embedded defaults (broker, SQLite, sandbox agencie
 
 test: venv ## unit and integration tests (real embedded broker, real sandbox agencies)
 	$(BIN)/pytest
+
+faults: venv ## fault-injection scenarios against a real `diasyndesi up` (issue 4; ~5 min)
+	$(BIN)/pytest tests/faults -q -m "faults or not faults"
 
 lint: venv
 	$(BIN)/ruff check .

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import importlib.resources
 import os
 import signal
@@ -21,6 +23,20 @@ from hub.errors import BrokerError, ConfigurationError
 from hub.logs import get_logger
 
 log = get_logger(__name__)
+
+PR_SET_PDEATHSIG = 1
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+except OSError:  # not Linux: the broker may outlive a SIGKILLed hub there
+    _LIBC = None
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: ask the kernel to SIGTERM the broker when
+    the hub dies, even by SIGKILL, so a crashed ``up`` never leaves an orphan holding the
+    port. (Tied to the forking thread: brokers are started from the main thread.)"""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def tansu_binary() -> Path:
@@ -86,7 +102,8 @@ class EmbeddedBroker:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True,  # Ctrl+C reaches the hub, which then stops the broker
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while not port_open(self.host, self.port):
@@ -119,7 +136,9 @@ class EmbeddedBroker:
             process.wait(5)
 
     async def astart(self, timeout_s: float = 10.0) -> None:
-        await asyncio.to_thread(self.start, timeout_s)
+        """Starts in the calling (main) thread on purpose: the parent-death signal is tied
+        to the thread that forks. Blocks for the ~30 ms the broker needs to listen."""
+        self.start(timeout_s)
 
     async def astop(self) -> None:
         with contextlib.suppress(Exception):

@@ -12,17 +12,14 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 import orjson
 
+from connectors.http import http_failure, not_an_object, read_json_object, transport_errors
 from hub.errors import PermanentError, RetryableError
 from hub.webhooks import REASONS, sign
-
-RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-MAX_RESPONSE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -32,18 +29,6 @@ class Case:
     case_number: str
     status: str
     duplicate: bool
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
 
 
 def classify(status: int, headers: Mapping[str, str], body: dict[str, Any], what: str) -> Exception:
@@ -61,11 +46,7 @@ def classify(status: int, headers: Mapping[str, str], body: dict[str, Any], what
         return PermanentError(
             f"{what}: message id reused with a different body", error_class="http_409"
         )
-    message = f"{what}: agency answered {status}"
-    if status in RETRYABLE_STATUSES:
-        retry_after = _retry_after(headers.get("Retry-After"))
-        return RetryableError(message, error_class=f"http_{status}", retry_after_s=retry_after)
-    return PermanentError(message, error_class=f"http_{status}")
+    return http_failure(status, headers.get("Retry-After"), what)
 
 
 class MunicipalSocialServiceClient:
@@ -98,35 +79,17 @@ class MunicipalSocialServiceClient:
             "Content-Type": "application/json",
             "Idempotency-Key": msg_id,
         }
-        try:
-            async with self._session.request(
+        async with (
+            transport_errors(what),
+            self._session.request(
                 method, self._base + path, data=raw, headers=headers, timeout=self._timeout
-            ) as response:
-                if response.status >= 300:
-                    # Only a 401 says something we use (the reason); other bodies stay unread.
-                    detail = await self._read(response, what) if response.status == 401 else None
-                    raise classify(response.status, response.headers, detail or {}, what)
-                body = await self._read(response, what)
-                if body is None:
-                    raise RetryableError(
-                        f"{what}: answer is not a JSON object", error_class="malformed_response"
-                    )
-                return response.status, body
-        except TimeoutError as exc:
-            raise RetryableError(f"{what}: timed out", error_class="timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise RetryableError(f"{what}: {type(exc).__name__}", error_class="connection") from exc
-
-    @staticmethod
-    async def _read(response: aiohttp.ClientResponse, what: str) -> dict[str, Any] | None:
-        """The answer as a JSON object, None if it is not one; capped, read in chunks."""
-        raw = bytearray()
-        async for chunk in response.content.iter_chunked(16 * 1024):
-            raw += chunk
-            if len(raw) > MAX_RESPONSE_BYTES:
-                raise RetryableError(f"{what}: answer too large", error_class="oversized")
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return None
-        return body if isinstance(body, dict) else None
+            ) as response,
+        ):
+            if response.status >= 300:
+                # Only a 401 says something we use (the reason); other bodies stay unread.
+                detail = await read_json_object(response, what) if response.status == 401 else None
+                raise classify(response.status, response.headers, detail or {}, what)
+            body = await read_json_object(response, what)
+            if body is None:
+                raise not_an_object(what)
+            return response.status, body

@@ -8,18 +8,13 @@ HTTP status, never the payload (it carries names and addresses).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
-import orjson
 
+from connectors.http import http_failure, not_an_object, read_json_object, transport_errors
 from hub.errors import PermanentError, RetryableError
-
-RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-MAX_RESPONSE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -31,18 +26,6 @@ class Intake:
     duplicate: bool
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
-
-
 def classify_status(status: int, retry_after: str | None, what: str) -> Exception:
     """An HTTP failure as the hub's retry signal; the class name is metric-safe.
 
@@ -51,14 +34,7 @@ def classify_status(status: int, retry_after: str | None, what: str) -> Exceptio
     """
     if status == 401:
         return RetryableError(f"{what}: API key refused", error_class="auth_rejected")
-    error_class = f"http_{status}"
-    if status in RETRYABLE_STATUSES:
-        return RetryableError(
-            f"{what}: agency answered {status}",
-            error_class=error_class,
-            retry_after_s=_retry_after(retry_after),
-        )
-    return PermanentError(f"{what}: agency answered {status}", error_class=error_class)
+    return http_failure(status, retry_after, what)
 
 
 class SocialGroceryClient:
@@ -105,31 +81,15 @@ class SocialGroceryClient:
     async def _request(
         self, method: str, path: str, what: str, **kwargs: Any
     ) -> tuple[int, dict[str, Any]]:
-        try:
-            async with self._session.request(
+        async with (
+            transport_errors(what),
+            self._session.request(
                 method, self._base + path, timeout=self._timeout, **kwargs
-            ) as response:
-                if response.status >= 300:
-                    raise classify_status(
-                        response.status, response.headers.get("Retry-After"), what
-                    )
-                raw = bytearray()
-                async for chunk in response.content.iter_chunked(16 * 1024):
-                    raw += chunk
-                    if len(raw) > MAX_RESPONSE_BYTES:
-                        raise RetryableError(f"{what}: answer too large", error_class="oversized")
-                try:
-                    body = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    raise RetryableError(
-                        f"{what}: answer is not JSON", error_class="malformed_response"
-                    ) from None
-                if not isinstance(body, dict):
-                    raise RetryableError(
-                        f"{what}: answer is not an object", error_class="malformed_response"
-                    )
-                return response.status, body
-        except TimeoutError as exc:
-            raise RetryableError(f"{what}: timed out", error_class="timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise RetryableError(f"{what}: {type(exc).__name__}", error_class="connection") from exc
+            ) as response,
+        ):
+            if response.status >= 300:
+                raise classify_status(response.status, response.headers.get("Retry-After"), what)
+            body = await read_json_object(response, what)
+            if body is None:
+                raise not_an_object(what)
+            return response.status, body

@@ -236,7 +236,7 @@ async def test_non_json_answer_is_a_retryable_malformed_response(
     with pytest.raises(RetryableError) as caught:
         await connector.deliver(delivery())
     assert caught.value.error_class == "malformed_response"
-    assert str(caught.value) == "register: answer is not JSON"
+    assert str(caught.value) == "register: answer is not a JSON object"
 
 
 async def test_delivery_succeeds_once_the_fault_clears(
