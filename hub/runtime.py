@@ -33,7 +33,7 @@ from hub.relay import Relay
 from hub.retry_topics import connector_topics
 from hub.sandboxes import Sandboxes, start_sandboxes
 from hub.servers import RunningServer, start_server
-from hub.settings import Settings
+from hub.settings import AgencyConnection, Settings
 from schemas.events import TOPIC_DELIVERIES, TOPIC_REFERRALS, TOPIC_STATUS
 
 log = get_logger(__name__)
@@ -299,6 +299,22 @@ class Hub:
         await self.db.dispose()
 
 
+def _merge_connections(
+    sandboxes: dict[str, AgencyConnection], settings: Settings
+) -> dict[str, AgencyConnection]:
+    """Sandbox connections, overridden field by field by what the operator set, so e.g. only
+    ``AGENCIES__DYPA__BASE_URL`` can point ΔΥΠΑ through a fault proxy and keep its secret."""
+    merged = dict(sandboxes)
+    for agency, configured in settings.agencies.items():
+        base = merged.get(agency)
+        merged[agency] = (
+            base.model_copy(update=configured.model_dump(exclude_unset=True))
+            if base is not None
+            else configured
+        )
+    return merged
+
+
 class Embedded:
     """Everything ``make run`` starts: broker, sandboxes, hub, with dev credentials."""
 
@@ -340,7 +356,7 @@ class Embedded:
             self.settings, self.settings.api_url, self.credentials["agencies"]
         )
         settings = self.settings.model_copy(
-            update={"agencies": {**self.sandboxes.connections, **self.settings.agencies}}
+            update={"agencies": _merge_connections(self.sandboxes.connections, self.settings)}
         )
         self.hub = Hub(settings, self.broker.bootstrap_servers)
         await self.hub.start()

@@ -223,10 +223,16 @@ class FaultKnobs(BaseModel):
 
     @classmethod
     def from_env(cls) -> FaultKnobs:
-        """Defaults from `SANDBOX_FAIL_RATE` and `SANDBOX_LATENCY_MS`, for `make run`/benchmarks."""
+        """Start-up knobs for `make run`, demos and benchmarks: `SANDBOX_FAIL_RATE`,
+        `SANDBOX_LATENCY_MS`, `SANDBOX_STATUS`, `SANDBOX_OUTAGE_S`, `SANDBOX_HANG`,
+        `SANDBOX_MALFORMED_RATE` (the same names as the JSON of `POST /_sandbox/faults`)."""
         return cls(
             fail_rate=_env_float("SANDBOX_FAIL_RATE", 0.0),
             latency_ms=int(_env_float("SANDBOX_LATENCY_MS", 0.0)),
+            status=int(_env_float("SANDBOX_STATUS", 503)),
+            outage_s=_env_float("SANDBOX_OUTAGE_S", 0.0),
+            hang=os.environ.get("SANDBOX_HANG", "").lower() in {"1", "true", "yes"},
+            malformed_rate=_env_float("SANDBOX_MALFORMED_RATE", 0.0),
         )
 
 
