@@ -8,7 +8,10 @@ the seam that meets them, so nothing above a connector or the bus sees a library
     ├── DeliveryError             raised by a connector's deliver()
     │   ├── RetryableError        try again later (timeouts, 5xx, 429, connection refused)
     │   └── PermanentError        retrying cannot help (4xx, validation, SOAP client fault)
-    └── RoutingError              a referral no agency can take
+    ├── RoutingError              a referral no agency can take
+    ├── PoisonRecord              (hub/events.py) a Kafka record that is not our CloudEvent
+    ├── WebhookError              (hub/webhooks.py) a signed message refused, with a reason
+    └── ReplayError               (hub/dlq.py) a dead letter that cannot be replayed
 
 Messages never carry personal data: they name fields and classes, not values.
 """
