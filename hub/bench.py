@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-from connectors.base import Delivery
+from connectors.base import KEEPALIVE_S, Delivery
 from connectors.employment_service.connector import EmploymentServiceConnector
 from connectors.sandboxes.employment_service import EmploymentSandboxConfig
 from connectors.sandboxes.employment_service import create_app as create_sandbox
@@ -134,7 +134,10 @@ async def run_bench(count: int, concurrency: list[int]) -> None:
         token = embedded.credentials["centres"]["KK-KOZANI"]
         lines = []
         try:
-            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as s:
+            async with aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {token}"},
+                connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S),
+            ) as s:
                 await _submit_and_wait(s, url, seed=9_999)  # warm-up
                 for level in concurrency:
                     limit = asyncio.Semaphore(level)

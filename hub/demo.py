@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 
+from connectors.base import KEEPALIVE_S
 from hub.errors import DiasyndesiError
 from hub.samples import sample_referral
 
@@ -27,7 +28,9 @@ async def run_demo(url: str, credentials: Path, count: int, timeout_s: float = 6
         raise DiasyndesiError(f"{credentials} not found: start the hub with `make run` first")
     token = json.loads(credentials.read_text())["centres"]["KK-KOZANI"]
     headers = {"Authorization": f"Bearer {token}"}
-    async with aiohttp.ClientSession(headers=headers) as session:
+    async with aiohttp.ClientSession(
+        headers=headers, connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S)
+    ) as session:
         ids = []
         for i in range(count):
             body = sample_referral(programmes=DEMO_PROGRAMMES[i % len(DEMO_PROGRAMMES)])

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from connectors.base import KEEPALIVE_S
 from hub.broker import free_port
 from hub.runtime import Embedded, Hub
 from hub.settings import ConsumerSettings, RetrySettings, Settings
@@ -132,7 +133,9 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     embedded = Embedded(make_settings(tmp_path))
     await embedded.start()
     try:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S)
+        ) as session:
             yield Stack(embedded, session)
     finally:
         await embedded.stop()
