@@ -15,10 +15,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hub.db import Database, DeliveryRow, OutboxRow, ReferralRow, TimelineRow
+from hub.db import Database, DeliveryRow, OutboxRow, ProcessedEventRow, ReferralRow, TimelineRow
 from hub.events import OutgoingRecord, encode
 from hub.registry import Registry
-from schemas.events import REFERRAL_SUBMITTED, TOPIC_REFERRALS, ReferralSubmitted
+from schemas.events import REFERRAL_SUBMITTED, STATUS_CHANGED, TOPIC_REFERRALS, ReferralSubmitted
 from schemas.referral import Referral, ReferralRequest
 
 
@@ -159,10 +159,12 @@ async def _find_existing(
 
 
 async def redrive_unfinished(db: Database) -> int:
-    """Queue again the submitted event of every referral with a non-terminal delivery.
+    """Queue again what the broker may have lost: the submitted event of every referral with
+    a non-terminal delivery, and every agency status event the projector has not applied.
 
     Used on start and after the broker lost its data (the embedded broker keeps nothing).
-    The stored event id is reused, so agencies see the same idempotency key.
+    Stored event ids are reused, so agencies see the same idempotency keys and the projector
+    ignores what it already applied.
     """
     async with db.transaction() as session:
         unfinished = (
@@ -170,7 +172,7 @@ async def redrive_unfinished(db: Database) -> int:
             .where(DeliveryRow.delivery.in_(("pending", "retrying")))
             .distinct()
         )
-        result = await session.execute(
+        referrals = await session.execute(
             update(OutboxRow)
             .where(
                 OutboxRow.referral_id.in_(unfinished),
@@ -180,4 +182,13 @@ async def redrive_unfinished(db: Database) -> int:
             )
             .values(sent_at=None)
         )
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        statuses = await session.execute(
+            update(OutboxRow)
+            .where(
+                OutboxRow.event_type == STATUS_CHANGED,
+                OutboxRow.sent_at.is_not(None),
+                OutboxRow.event_id.not_in(select(ProcessedEventRow.event_id)),
+            )
+            .values(sent_at=None)
+        )
+        return int(referrals.rowcount or 0) + int(statuses.rowcount or 0)  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Header, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
+from starlette.requests import ClientDisconnect
 
 from hub.api.deps import HubState, PrincipalDep, StateDep, get_principal
 from hub.db import DeliveryRow, WebhookMessageRow
@@ -51,7 +52,10 @@ async def push_status(
     id is remembered so a replay is absorbed. The update becomes a ``status_changed`` event
     through the outbox, so Kafka consumers and the read model see the same history.
     """
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect:  # the agency gave up mid-request and will retry
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "client disconnected") from None
     message_id: str | None = None
     if "webhook-signature" in request.headers:
         message_id = _verify_signature(state, agency, request.headers, raw)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,16 @@ from sqlalchemy import func, select
 from hub.api.app import create_app
 from hub.api.deps import HubState
 from hub.auth import ensure_dev_credentials
-from hub.db import Database, DeliveryRow, OutboxRow, ReferralRow, TimelineRow
+from hub.db import (
+    Database,
+    DeliveryRow,
+    OutboxRow,
+    ProcessedEventRow,
+    ReferralRow,
+    TimelineRow,
+)
 from hub.metrics import HubMetrics
+from hub.outbox import redrive_unfinished
 from hub.registry import Registry
 from hub.samples import make_amka, sample_referral
 from hub.settings import Settings
@@ -324,3 +333,40 @@ async def test_registries_and_health_and_metrics(env: Env) -> None:
     metrics = (await env.client.get("/metrics")).text
     assert "diasyndesi_referrals_accepted_total 1.0" in metrics
     assert "diasyndesi_outbox_backlog" in metrics
+
+
+async def test_redrive_requeues_what_a_lost_broker_took_with_it(env: Env) -> None:
+    """After the memory-only broker restarts, unfinished referrals and status events the
+    projector never applied are queued again; applied ones are not."""
+    referral_id = (await env.submit(sample_referral(seed=13))).json()["id"]
+    for status_name in ("received", "accepted"):
+        update = {
+            "referral_id": referral_id,
+            "status": status_name,
+            "reference": "DYPA-9",
+            "occurred_at": "2026-11-21T10:00:00+00:00",
+        }
+        pushed = await env.client.post(
+            "/v1/agencies/dypa/status", json=update, headers=env.auth("agencies", "dypa")
+        )
+        assert pushed.status_code == 202
+    async with env.db.transaction() as session:
+        rows = (await session.execute(select(OutboxRow).order_by(OutboxRow.id))).scalars().all()
+        for row in rows:
+            row.sent_at = datetime.now(UTC)
+        applied = rows[1].event_id  # the first status event reached the read model
+        session.add(ProcessedEventRow(event_id=applied, processed_at=datetime.now(UTC)))
+    assert await redrive_unfinished(env.db) == 2  # the referral and the unapplied status
+    async with env.db.sessions() as session:
+        queued = (
+            (
+                await session.execute(
+                    select(OutboxRow.event_type)
+                    .where(OutboxRow.sent_at.is_(None))
+                    .order_by(OutboxRow.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert queued == [REFERRAL_SUBMITTED, STATUS_CHANGED]
