@@ -329,6 +329,23 @@ async def run(args: argparse.Namespace) -> int:
             f"stderr (WARNING+)          {logs}",
             f"baseline reconciliation    {base_report.summary()}",
         ]
+        # Every delivered pair must also get the agency's answer back (pushed or polled).
+        status_wait = time.monotonic()
+        missing: Counter[str] = Counter()
+        while time.monotonic() - status_wait < args.status_timeout:
+            latest = await chaos.hub_states({rid for rid, _ in chaos_pairs})
+            missing = Counter(
+                agency
+                for (_, agency), state in latest.items()
+                if state.get("delivery") == "delivered" and state.get("status") is None
+            )
+            if not missing:
+                break
+            await asyncio.sleep(5)
+        lines.append(
+            f"statuses missing           {sum(missing.values())} {dict(missing)} "
+            f"(after waiting {time.monotonic() - status_wait:.0f} s)"
+        )
         if not report.ok:
             lines.append(f"reconciliation             {report.summary()}")
             lines.append(report.details())
@@ -337,6 +354,8 @@ async def run(args: argparse.Namespace) -> int:
 
         if report.lost or report.duplicated or base_report.lost or base_report.duplicated:
             return 1
+        if missing:
+            return 3
         return 0 if report.ok and base_report.ok else 2
     finally:
         for client in clients:
@@ -354,6 +373,7 @@ def main() -> None:
     parser.add_argument("--outage-after", type=float, default=3.0, help="s into the phase")
     parser.add_argument("--kill-at", type=float, default=0.4, help="fraction accepted")
     parser.add_argument("--settle-timeout", type=float, default=600.0)
+    parser.add_argument("--status-timeout", type=float, default=240.0, help="s to wait for answers")
     parser.add_argument("--dir", help="run directory (default: a new temp dir)")
     sys.exit(asyncio.run(run(parser.parse_args())))
 
