@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from datetime import UTC, datetime
 
 from sqlalchemy import or_, select
@@ -28,12 +29,14 @@ log = get_logger(__name__)
 
 FINAL_STATUSES = frozenset(
     {
+        EnrollmentStatus.ACCEPTED,
         EnrollmentStatus.ENROLLED,
         EnrollmentStatus.REJECTED,
         EnrollmentStatus.COMPLETED,
         EnrollmentStatus.WITHDRAWN,
     }
 )
+"""Once the agency has decided, polling stops (a later change would need a slower re-check)."""
 
 
 class StatusPoller:
@@ -57,6 +60,10 @@ class StatusPoller:
         self.interval_s = interval_s
         self.batch = batch
         self._stopping = asyncio.Event()
+        # referral -> (status sent, when): not sent again until the read model shows it, or
+        # until ``republish_s`` passes (the broker may have lost it).
+        self._published: dict[str, tuple[str, float]] = {}
+        self.republish_s = 60.0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -103,7 +110,15 @@ class StatusPoller:
                 continue
             self.metrics.status_polls.labels(self.agency, "ok").inc()
             if report is None or report.status.value == current:
+                self._published.pop(referral_id, None)
                 continue
+            sent = self._published.get(referral_id)
+            if (
+                sent
+                and sent[0] == report.status.value
+                and time.monotonic() - sent[1] < self.republish_s
+            ):
+                continue  # already on the bus; the projector has not applied it yet
             event = StatusChanged(
                 referral_id=referral_id,
                 agency=self.agency,
@@ -114,5 +129,6 @@ class StatusPoller:
             await self.publisher.publish(
                 encode(TOPIC_STATUS, STATUS_CHANGED, event, key=referral_id)
             )
+            self._published[referral_id] = (report.status.value, time.monotonic())
             changed += 1
         return changed

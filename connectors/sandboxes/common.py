@@ -328,7 +328,7 @@ class StatusPusher:
         hub_url: str | None,
         hub_token: str | None,
         *,
-        attempts: int = 5,
+        attempts: int = 10,
         backoff_s: float = 0.2,
         timeout_s: float = 5.0,
         headers_for: Callable[[bytes], dict[str, str]] | None = None,
@@ -417,6 +417,6 @@ class StatusPusher:
                 log.warning("status_push_failed", attempt=attempt, http_status=code, **ids)
             if attempt < self._attempts:
                 await asyncio.sleep(delay)
-                delay *= 2
+                delay = min(delay * 2, 5.0)  # ~30 s in all: a real agency outlasts a restart
         log.error("status_push_gave_up", attempts=self._attempts, **ids)
         return False
