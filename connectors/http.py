@@ -15,7 +15,18 @@ from typing import Any
 import aiohttp
 import orjson
 
+from connectors.base import KEEPALIVE_S
 from hub.errors import DeliveryError, PermanentError, RetryableError
+
+
+def http_session(max_connections: int) -> aiohttp.ClientSession:
+    """The one way a connector opens its pool: bounded, and dropping idle connections before
+    common server keep-alives end (``KEEPALIVE_S``)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=KEEPALIVE_S),
+        raise_for_status=False,
+    )
+
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_RESPONSE_BYTES = 64 * 1024

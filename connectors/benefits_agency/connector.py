@@ -11,7 +11,6 @@ from __future__ import annotations
 import aiohttp
 
 from connectors.base import (
-    KEEPALIVE_S,
     AgencyConnection,
     Connector,
     Delivery,
@@ -21,6 +20,7 @@ from connectors.base import (
     StatusReport,
 )
 from connectors.benefits_agency.client import BenefitsAgencyClient
+from connectors.http import http_session
 from schemas.codes import EnrollmentStatus
 
 # ΟΠΕΚΑ's status codes (WSDL type Katastasi) in the hub's vocabulary.
@@ -49,12 +49,7 @@ class BenefitsAgencyConnector(Connector, PollsStatus):
 
     async def start(self) -> None:
         """Build the zeep client once: it parses the vendored WSDL synchronously (~ms)."""
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=self.max_connections, keepalive_timeout=KEEPALIVE_S
-            ),
-            raise_for_status=False,
-        )
+        self._session = http_session(self.max_connections)
         self._client = BenefitsAgencyClient(
             self.connection.base_url,
             self.connection.username or "diasyndesi",

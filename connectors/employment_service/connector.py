@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import aiohttp
 
-from connectors.base import KEEPALIVE_S, AgencyConnection, Connector, Delivery, Receipt
+from connectors.base import AgencyConnection, Connector, Delivery, Receipt
 from connectors.employment_service.client import EmploymentServiceClient
+from connectors.http import http_session
 from schemas.codes import EnrollmentStatus
 
 
@@ -23,12 +24,7 @@ class EmploymentServiceConnector(Connector):
         self._client: EmploymentServiceClient | None = None
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=self.max_connections, keepalive_timeout=KEEPALIVE_S
-            ),
-            raise_for_status=False,
-        )
+        self._session = http_session(self.max_connections)
         self._client = EmploymentServiceClient(
             self.connection.base_url,
             self.connection.username or "diasyndesi",

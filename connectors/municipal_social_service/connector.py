@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import aiohttp
 
-from connectors.base import KEEPALIVE_S, AgencyConnection, Connector, Delivery, Receipt
+from connectors.base import AgencyConnection, Connector, Delivery, Receipt
+from connectors.http import http_session
 from connectors.municipal_social_service.client import MunicipalSocialServiceClient
 from hub.errors import ConfigurationError
 from hub.webhooks import WebhookError, decode_secret
@@ -34,12 +35,7 @@ class MunicipalSocialServiceConnector(Connector):
             raise ConfigurationError(
                 f"agency {self.agency}: secret must be a whsec_ Standard Webhooks secret"
             ) from None
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=self.max_connections, keepalive_timeout=KEEPALIVE_S
-            ),
-            raise_for_status=False,
-        )
+        self._session = http_session(self.max_connections)
         self._client = MunicipalSocialServiceClient(
             self.connection.base_url,
             secret,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import aiohttp
 
-from connectors.base import KEEPALIVE_S, AgencyConnection, Connector, Delivery, Receipt
+from connectors.base import AgencyConnection, Connector, Delivery, Receipt
+from connectors.http import http_session
 from connectors.social_grocery.client import SocialGroceryClient
 from hub.errors import ConfigurationError
 from schemas.codes import EnrollmentStatus
@@ -37,12 +38,7 @@ class SocialGroceryConnector(Connector):
     async def start(self) -> None:
         if not self.connection.base_url or not self.connection.secret.get_secret_value():
             raise ConfigurationError(f"{self.agency}: base_url and secret (API key) are required")
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=self.max_connections, keepalive_timeout=KEEPALIVE_S
-            ),
-            raise_for_status=False,
-        )
+        self._session = http_session(self.max_connections)
         self._client = SocialGroceryClient(
             self.connection.base_url,
             self.connection.secret.get_secret_value(),
