@@ -11,52 +11,14 @@ from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
 from fastapi import FastAPI
 
 from connectors.sandboxes.common import StatusPusher
 from connectors.sandboxes.employment_service import EmploymentSandboxConfig, create_app
+from tests.fake_hub import FakeHub
 
 SECRET = "s3cret-for-tests"
 HUB_TOKEN = "hub-token-dypa"
-
-
-class FakeHub:
-    """A real HTTP server standing in for the hub's status endpoint; records every push."""
-
-    def __init__(self) -> None:
-        self.pushes: list[tuple[str, str | None, dict[str, Any]]] = []
-        self.answers: list[int] = []  # status codes to answer in order; 204 once exhausted
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-        self._arrived = asyncio.Condition()
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        self.pushes.append(
-            (request.path, request.headers.get("Authorization"), await request.json())
-        )
-        status = self.answers.pop(0) if self.answers else 204
-        async with self._arrived:
-            self._arrived.notify_all()
-        return web.Response(status=status)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/v1/agencies/{agency}/status", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def wait_for(self, count: int, timeout_s: float = 3.0) -> None:
-        async with asyncio.timeout(timeout_s), self._arrived:
-            await self._arrived.wait_for(lambda: len(self.pushes) >= count)
 
 
 @pytest.fixture

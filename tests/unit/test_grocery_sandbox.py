@@ -10,10 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
 from fastapi import FastAPI
 
 from connectors.sandboxes.social_grocery import SocialGrocerySandboxConfig, create_app
+from tests.fake_hub import FakeHub
 
 API_KEY = "grocery-key-for-tests"
 HUB_TOKEN = "hub-token-grocery"
@@ -27,40 +27,6 @@ PAYLOAD: dict[str, Any] = {
         "address": {"street": "Dimokratias 1", "postal_code": "50100"},
     },
 }
-
-
-class FakeHub:
-    """A real HTTP server standing in for the hub's status endpoint; records every push."""
-
-    def __init__(self) -> None:
-        self.pushes: list[tuple[str, str | None, dict[str, Any]]] = []
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-        self._arrived = asyncio.Condition()
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        self.pushes.append(
-            (request.path, request.headers.get("Authorization"), await request.json())
-        )
-        async with self._arrived:
-            self._arrived.notify_all()
-        return web.Response(status=204)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/v1/agencies/{agency}/status", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def wait_for(self, count: int, timeout_s: float = 3.0) -> None:
-        async with asyncio.timeout(timeout_s), self._arrived:
-            await self._arrived.wait_for(lambda: len(self.pushes) >= count)
 
 
 @pytest.fixture

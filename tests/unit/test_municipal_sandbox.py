@@ -3,7 +3,6 @@ agencies would, and sign its status pushes so that the hub can check them."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +24,18 @@ from connectors.sandboxes.municipal_social_service import (
     push_headers,
 )
 from hub.webhooks import new_secret, sign, verify
+from tests.fake_hub import FakeHub as _RecordingHub
+
+
+class FakeHub(_RecordingHub):
+    """Keeps headers and the raw body: the signature covers exactly those bytes."""
+
+    def __init__(self) -> None:
+        super().__init__(default_status=202)
+
+    async def record(self, request: web.Request) -> tuple[str, dict[str, str], bytes]:
+        return (request.path, dict(request.headers), await request.read())
+
 
 KOZANI, KARPENISI = "kozani-social-service", "karpenisi-social-service"
 SECRETS = {KOZANI: new_secret(), KARPENISI: new_secret()}
@@ -37,40 +48,6 @@ CASE = {
     "vulnerabilities": ["elderly_living_alone", "disability", "mental_health"],
     "notes": "Ζει μόνη, χρειάζεται βοήθεια στο σπίτι.",
 }
-
-
-class FakeHub:
-    """A real HTTP server in place of the hub's status endpoint; keeps headers and raw body."""
-
-    def __init__(self) -> None:
-        self.pushes: list[tuple[str, dict[str, str], bytes]] = []
-        self.answers: list[int] = []
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-        self._arrived = asyncio.Condition()
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        self.pushes.append((request.path, dict(request.headers), await request.read()))
-        status = self.answers.pop(0) if self.answers else 202
-        async with self._arrived:
-            self._arrived.notify_all()
-        return web.Response(status=status)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/v1/agencies/{agency}/status", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def wait_for(self, count: int, timeout_s: float = 3.0) -> None:
-        async with asyncio.timeout(timeout_s), self._arrived:
-            await self._arrived.wait_for(lambda: len(self.pushes) >= count)
 
 
 @pytest.fixture
