@@ -235,15 +235,15 @@ async def run(args: argparse.Namespace) -> int:
         await chaos.set_faults("dypa")  # the run is over: clear the knob
         states = await chaos.hub_states({rid for rid, _ in chaos_pairs})
         records = await chaos.sandbox_records()
-        report: Reconciliation = reconcile(
-            "chaos", chaos.stats, states, records, drain_s=quiet_s, settled=quiet
-        )
-        base_report = reconcile(
-            "baseline", base.stats, base_states, records, drain_s=base_wait, settled=True
-        )
         dlq, dlq_capped = await dead_letter_records(chaos, {a for _, a in chaos_pairs})
         ours = {rid for rid, _ in chaos_pairs}
         dlq = [d for d in dlq if d["referral_id"] in ours]
+        report: Reconciliation = reconcile(
+            "chaos", chaos.stats, states, records, dlq, drain_s=quiet_s, settled=quiet
+        )
+        base_report = reconcile(
+            "baseline", base.stats, base_states, records, [], drain_s=base_wait, settled=True
+        )
 
         # ---- drain ----------------------------------------------------------------------
         recovery = max(ready, outage_end)

@@ -128,9 +128,13 @@ def serve() -> None:
         raise typer.Exit(2)
 
     async def main() -> None:
+        if settings.environment == "development":
+            await _dev_credentials(settings)
         hub = Hub(settings, settings.kafka_bootstrap_servers, connectors=[])
         await hub.start()
         try:
+            await hub.wait_consumers_assigned()
+            typer.echo(f"Diasyndesi API ready at {hub.api_url}")
             await _until_signal()
         finally:
             await hub.stop()
@@ -162,11 +166,28 @@ def worker(agencies: Annotated[list[str], typer.Argument(help="agency ids, e.g. 
             raise DiasyndesiError(f"no active agency {sorted(unknown)} in the registry")
         await hub.start()
         try:
+            await hub.wait_consumers_assigned()
+            typer.echo(f"Diasyndesi worker ready: {', '.join(agencies)}")
             await _until_signal()
         finally:
             await hub.stop()
 
     _run(main())
+
+
+async def _dev_credentials(settings: Settings) -> None:
+    """Development only: the sample tokens of `up` (``$VAR_DIR/dev-credentials.json``), so a
+    split ``serve`` + ``worker`` + ``sandbox`` setup on one machine works like ``up``."""
+    from hub.auth import ensure_dev_credentials
+    from hub.registry import Registry
+
+    db = await _open_db(settings)
+    try:
+        path = settings.var_dir / "dev-credentials.json"
+        await ensure_dev_credentials(db, Registry.load(settings.registry_dir), path)
+        typer.echo(f"development credentials: {path}")
+    finally:
+        await db.dispose()
 
 
 @app.command()

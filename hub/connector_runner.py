@@ -2,7 +2,8 @@
 ``kk.referrals.v1`` and the agency's own retry topics.
 
 For each ``referral.submitted`` record routed to the agency: map (allow-list), try a few
-times in process (tenacity, exponential backoff with jitter, Retry-After honoured), and then
+times in process (tenacity, exponential backoff with jitter, Retry-After honoured; a
+Retry-After longer than the in-process backoff cap ends the quick attempts), and then
 either record success, or re-publish the record to the next retry topic, or to the
 dead-letter topic (permanent failure, or retries exhausted). The outcome is published on
 ``kk.deliveries.v1`` with acks=all and only then is the offset committed. A crash anywhere
@@ -34,6 +35,7 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 
 from connectors.base import Connector, Delivery, Receipt, idempotency_key
 from hub.breaker import BreakerState, CircuitBreaker
@@ -49,7 +51,30 @@ from schemas.events import TOPIC_DELIVERIES, DeliveryOutcome, ReferralSubmitted
 
 log = get_logger(__name__)
 
-RETRY_AFTER_CAP_S = 60.0
+# An agency's Retry-After is honoured in full up to this bound (the last default retry-topic
+# delay). Why a bound at all: the hint is the agency's word, and a broken or hostile one (an
+# HTTP date years ahead, "Retry-After: 99999999") must not park a referral out of sight;
+# and a record waiting on a retry partition holds the records behind it on that partition
+# (the partition is paused until its head is due), so the bound is also the longest that
+# other referrals of the same agency can be held back by one such hint.
+RETRY_AFTER_CAP_S = 3600.0
+
+
+def retry_after_hint(state: RetryCallState) -> float | None:
+    """The agency's Retry-After carried by the last failed attempt, if any."""
+    exc = state.outcome.exception() if state.outcome else None
+    return exc.retry_after_s if isinstance(exc, DeliveryError) else None
+
+
+class stop_when_hint_over(stop_base):  # lower case, like tenacity's own stops
+    """Stop the quick attempts when the agency asks for a longer wait than they allow."""
+
+    def __init__(self, max_s: float) -> None:
+        self.max_s = max_s
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        hint = retry_after_hint(retry_state)
+        return hint is not None and hint > self.max_s
 
 
 @dataclass(frozen=True)
@@ -204,11 +229,14 @@ class ConnectorRunner:
 
     async def _attempt(self, delivery: Delivery) -> tuple[Receipt | DeliveryError, int]:
         """The quick in-process attempts: exponential backoff with jitter, honouring an
-        agency's Retry-After when it is longer. Returns the receipt or the last classified
-        error, and how many calls were made."""
+        agency's Retry-After when it is longer. A Retry-After beyond ``retry.max_s`` is not
+        slept through here (it would hold a concurrency slot and the whole batch's commit):
+        the attempts stop and ``_reroute`` schedules the record on a retry topic no earlier
+        than the hint. Returns the receipt or the last classified error, and how many calls
+        were made."""
         policy = AsyncRetrying(
             retry=retry_if_exception_type(RetryableError),
-            stop=stop_after_attempt(self.retry.attempts),
+            stop=stop_after_attempt(self.retry.attempts) | stop_when_hint_over(self.retry.max_s),
             wait=self._wait,
             sleep=self._sleep,
             reraise=True,
@@ -230,10 +258,11 @@ class ConnectorRunner:
         return receipt, used
 
     def _wait(self, state: RetryCallState) -> float:
+        # Never shorter than the agency's hint; a hint beyond max_s stops the attempts
+        # (``stop_when_hint_over``), so nothing longer than max_s is slept here.
         base = self._backoff(state)
-        exc = state.outcome.exception() if state.outcome else None
-        hint = exc.retry_after_s if isinstance(exc, DeliveryError) else None
-        return max(base, min(hint, self.retry.max_s)) if hint else base
+        hint = retry_after_hint(state)
+        return max(base, hint) if hint else base
 
     def _count_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None

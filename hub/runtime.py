@@ -140,9 +140,10 @@ class Hub:
             )
         except BrokerError as exc:
             log.warning("broker not reachable at start; will keep trying", error=str(exc))
-        requeued = await redrive_unfinished(self.db)
-        if requeued:
-            log.info("re-driving unfinished referrals", records=requeued)
+        if self.run_relay:  # only the process that owns the outbox re-drives it
+            requeued = await redrive_unfinished(self.db)
+            if requeued:
+                log.info("re-driving unfinished referrals", records=requeued)
         if self.serve_api:
             state = HubState(
                 self.settings,

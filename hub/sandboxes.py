@@ -1,5 +1,7 @@
 """Starts the simulated agencies of embedded mode (``make run``, ``diasyndesi sandbox``,
-tests, benchmarks) and tells the hub how to reach them, with fresh secrets each start."""
+tests, benchmarks) and tells the hub how to reach them. Each agency's secret is the one the
+operator configured (``AGENCIES__<ID>__SECRET``, so separate ``serve``/``worker``/``sandbox``
+processes can agree on it) or else a fresh one each start."""
 
 from __future__ import annotations
 
@@ -32,6 +34,13 @@ class Sandboxes:
         return "\n".join(f"  {name:<28} {server.url}" for name, server in self.servers.items())
 
 
+def _secret(settings: Settings, agency: str, fresh: str) -> str:
+    configured = settings.agencies.get(agency)
+    if configured is not None and configured.secret.get_secret_value():
+        return configured.secret.get_secret_value()
+    return fresh
+
+
 async def start_sandboxes(
     settings: Settings, hub_url: str | None, agency_tokens: dict[str, str]
 ) -> Sandboxes:
@@ -41,7 +50,7 @@ async def start_sandboxes(
     host = settings.sandbox_host
     started = Sandboxes()
     try:
-        opeka_password = secrets.token_urlsafe(24)
+        opeka_password = _secret(settings, "opeka", secrets.token_urlsafe(24))
         app = benefits_agency.create_app(
             benefits_agency.BenefitsSandboxConfig(
                 username="diasyndesi",
@@ -56,7 +65,7 @@ async def start_sandboxes(
             base_url=f"{server.url}/soap", username="diasyndesi", secret=SecretStr(opeka_password)
         )
 
-        dypa_secret = secrets.token_urlsafe(24)
+        dypa_secret = _secret(settings, "dypa", secrets.token_urlsafe(24))
         app = employment_service.create_app(
             employment_service.EmploymentSandboxConfig(
                 client_secret=dypa_secret,
@@ -72,8 +81,8 @@ async def start_sandboxes(
             base_url=server.url, username="diasyndesi", secret=SecretStr(dypa_secret)
         )
 
-        grocery_key = secrets.token_urlsafe(24)
         grocery = "kozani-social-grocery"
+        grocery_key = _secret(settings, grocery, secrets.token_urlsafe(24))
         app = social_grocery.create_app(
             social_grocery.SocialGrocerySandboxConfig(
                 api_key=grocery_key,
@@ -91,7 +100,7 @@ async def start_sandboxes(
         )
 
         municipal = ["kozani-social-service", "karpenisi-social-service"]
-        signing = {agency: new_secret() for agency in municipal}
+        signing = {agency: _secret(settings, agency, new_secret()) for agency in municipal}
         app = municipal_social_service.create_app(
             municipal_social_service.MunicipalSandboxConfig(
                 secrets={agency: SecretStr(secret) for agency, secret in signing.items()},

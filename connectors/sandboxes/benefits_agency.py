@@ -365,10 +365,14 @@ def create_app(config: BenefitsSandboxConfig) -> FastAPI:
             if fault.status_code == 200 and fault.media_type == "text/html":
                 return _hostile(app.state.hostile)
             if fault.status_code == 500:  # the agency's application failed: SOAP says so
-                return SoapFault("Receiver", "ESOTERIKO", "Προσωρινό σφάλμα").response()
-            if fault.status_code == 400:  # a refusal by the service itself: SOAP says Sender
-                return SoapFault("Sender", "EPIKYROSI", "Το αίτημα απορρίφθηκε").response()
-            return fault  # 503 / 504 come from the gateway in front, not from SOAP
+                soap_fault = SoapFault("Receiver", "ESOTERIKO", "Προσωρινό σφάλμα").response()
+            elif fault.status_code == 400:  # a refusal by the service itself: SOAP says Sender
+                soap_fault = SoapFault("Sender", "EPIKYROSI", "Το αίτημα απορρίφθηκε").response()
+            else:
+                return fault  # 503 / 504 / 429 come from the gateway in front, not from SOAP
+            if "retry-after" in fault.headers:
+                soap_fault.headers["Retry-After"] = fault.headers["retry-after"]
+            return soap_fault
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/soap+xml":
             return SoapFault("Sender", "SOAP", "Αναμένεται application/soap+xml").response()
         try:

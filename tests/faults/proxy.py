@@ -11,12 +11,18 @@ and applies to new and existing connections:
   a connection accepted in this mode never gets an upstream, even after a mode change).
 - ``hang``: accept, but stop reading; nothing is forwarded or answered until the mode
   changes, and then the held bytes flow on (nothing is lost).
+- ``lose_answer``: forward requests, but when an answer starts to come back, discard it
+  with probability ``lose_rate`` and reset both sides (RST): the target has done the work,
+  the client never hears about it. Decided once per answer (the first bytes back after
+  the client last sent something), so each request on a keep-alive connection gets its
+  own draw.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -32,6 +38,7 @@ class Mode(StrEnum):
     RESET = "reset"
     BLACKHOLE = "blackhole"
     HANG = "hang"
+    LOSE_ANSWER = "lose_answer"
 
 
 def rst_close(writer: asyncio.StreamWriter | None) -> None:
@@ -50,6 +57,7 @@ class _Connection:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    awaiting_answer: bool = False  # the client sent bytes that have not been answered yet
 
     def reset(self) -> None:
         rst_close(self.client)
@@ -59,15 +67,30 @@ class _Connection:
 
 
 class FaultProxy:
-    """``async with FaultProxy(host, port) as proxy:`` then connect to ``proxy.port``."""
+    """``async with FaultProxy(host, port) as proxy:`` then connect to ``proxy.port``.
 
-    def __init__(self, target_host: str, target_port: int, listen_host: str = "127.0.0.1"):
+    ``answers`` counts answers that started to come back, ``answers_lost`` those discarded
+    in ``lose_answer`` mode; ``seed`` makes the draws repeatable.
+    """
+
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        listen_host: str = "127.0.0.1",
+        *,
+        seed: int | None = None,
+    ):
         self.target_host = target_host
         self.target_port = target_port
         self.listen_host = listen_host
         self.mode = Mode.PASS
         self.latency_ms = 0
+        self.lose_rate = 0.0
         self.accepted = 0
+        self.answers = 0
+        self.answers_lost = 0
+        self._random = random.Random(seed)
         self._changed = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
@@ -84,7 +107,9 @@ class FaultProxy:
         return len(self._connections)
 
     async def start(self) -> FaultProxy:
-        self._server = await asyncio.start_server(self._accept, self.listen_host, 0)
+        """Listen (once: ``async with`` on a started proxy keeps its port)."""
+        if self._server is None:
+            self._server = await asyncio.start_server(self._accept, self.listen_host, 0)
         return self
 
     async def stop(self) -> None:
@@ -113,9 +138,12 @@ class FaultProxy:
 
     # -- switching ------------------------------------------------------------------------
 
-    def set_mode(self, mode: Mode | str, latency_ms: int = 0) -> None:
+    def set_mode(self, mode: Mode | str, latency_ms: int = 0, lose_rate: float = 1.0) -> None:
+        if not 0.0 <= lose_rate <= 1.0:
+            raise ValueError(f"lose_rate must be within [0, 1], not {lose_rate}")
         self.mode = Mode(mode)
         self.latency_ms = latency_ms
+        self.lose_rate = lose_rate if self.mode is Mode.LOSE_ANSWER else 0.0
         if self.mode is Mode.RESET:
             for conn in list(self._connections):
                 conn.reset()
@@ -136,6 +164,9 @@ class FaultProxy:
 
     def hang(self) -> None:
         self.set_mode(Mode.HANG)
+
+    def lose_answers(self, rate: float = 1.0) -> None:
+        self.set_mode(Mode.LOSE_ANSWER, lose_rate=rate)
 
     async def _while_hanging(self) -> None:
         while self.mode is Mode.HANG:
@@ -176,12 +207,30 @@ class FaultProxy:
         if self.mode is Mode.RESET:  # switched while connecting
             conn.reset()
             return
-        forward = asyncio.create_task(self._pump(reader, up_writer))
-        backward = asyncio.create_task(self._pump(up_reader, conn.client))
+        forward = asyncio.create_task(self._pump(reader, up_writer, conn, answers=False))
+        backward = asyncio.create_task(self._pump(up_reader, conn.client, conn, answers=True))
         conn.tasks.update((forward, backward))
         await asyncio.gather(forward, backward, return_exceptions=True)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _lose(self, conn: _Connection) -> bool:
+        """At the first bytes of an answer: count it, and draw whether it is lost."""
+        if not conn.awaiting_answer:
+            return False  # the rest of an answer already let through
+        conn.awaiting_answer = False
+        self.answers += 1
+        if self.mode is Mode.LOSE_ANSWER and self._random.random() < self.lose_rate:
+            self.answers_lost += 1
+            return True
+        return False
+
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        conn: _Connection,
+        *,
+        answers: bool,
+    ) -> None:
         try:
             while True:
                 await self._while_hanging()
@@ -196,6 +245,11 @@ class FaultProxy:
                     return
                 if mode is Mode.BLACKHOLE:
                     continue
+                if not answers:
+                    conn.awaiting_answer = True  # before the write: the answer may be quick
+                elif self._lose(conn):
+                    conn.reset()
+                    return
                 if mode is Mode.LATENCY and latency_ms:
                     await asyncio.sleep(latency_ms / 1000)
                 writer.write(data)

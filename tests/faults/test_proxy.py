@@ -160,3 +160,66 @@ async def test_mode_is_validated_and_stop_closes_everything(echo: Echo) -> None:
     with pytest.raises(ConnectionResetError):
         await asyncio.wait_for(reader.read(10), TIMEOUT_S)
     await close(writer)
+
+
+async def test_lose_answer_forwards_the_request_but_resets_instead_of_answering(
+    proxy: FaultProxy, echo: Echo
+) -> None:
+    proxy.lose_answers(1.0)
+    reader, writer = await connect(proxy)
+    writer.write(b"do it")
+    await writer.drain()
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(reader.read(10), TIMEOUT_S)
+    assert bytes(echo.received) == b"do it"  # the target did the work
+    assert (proxy.answers, proxy.answers_lost) == (1, 1)
+    await close(writer)
+
+
+async def test_lose_answer_draws_once_per_answer_on_a_kept_alive_connection(
+    proxy: FaultProxy, echo: Echo
+) -> None:
+    reader, writer = await connect(proxy)
+    assert await roundtrip(reader, writer, b"one") == b"one"
+    assert await roundtrip(reader, writer, b"two") == b"two"
+    proxy.lose_answers(1.0)  # applies to the open connection too
+    writer.write(b"three")
+    await writer.drain()
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(reader.readexactly(5), TIMEOUT_S)
+    assert bytes(echo.received) == b"onetwothree"
+    assert (proxy.answers, proxy.answers_lost) == (3, 1)
+    await close(writer)
+
+
+async def test_lose_answer_at_a_rate_loses_some_and_passes_the_rest(echo: Echo) -> None:
+    async with FaultProxy("127.0.0.1", echo.port, seed=7) as proxy:
+        proxy.lose_answers(0.5)
+        passed = lost = 0
+        for n in range(40):
+            reader, writer = await connect(proxy)
+            try:
+                assert await roundtrip(reader, writer, b"%02d" % n) == b"%02d" % n
+                passed += 1
+            except (ConnectionResetError, asyncio.IncompleteReadError):
+                lost += 1
+            await close(writer)
+        assert len(echo.received) == 80  # every request reached the target
+        assert (proxy.answers, proxy.answers_lost) == (40, lost)
+        assert 8 <= lost <= 32 and passed == 40 - lost
+        proxy.lose_answers(0.0)
+        reader, writer = await connect(proxy)
+        assert await roundtrip(reader, writer, b"ok") == b"ok"
+        await close(writer)
+    with pytest.raises(ValueError, match="lose_rate"):
+        proxy.lose_answers(1.5)
+
+
+async def test_starting_twice_keeps_one_listener(echo: Echo) -> None:
+    proxy = await FaultProxy("127.0.0.1", echo.port).start()
+    port = proxy.port
+    async with proxy:
+        assert proxy.port == port
+        reader, writer = await connect(proxy)
+        assert await roundtrip(reader, writer, b"x") == b"x"
+        await close(writer)

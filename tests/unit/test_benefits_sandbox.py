@@ -248,3 +248,25 @@ async def test_inspection_routes_report_what_was_received(
     assert set(entry) == {"idempotency_key", "referral_id", "payload", "received_at", "duplicate"}
     assert entry["referral_id"] == "00000000-0000-4000-8000-000000000001"
     assert entry["duplicate"] is False
+
+
+async def test_injected_receiver_fault_keeps_the_retry_after(
+    sandbox: tuple[FastAPI, RunningServer],
+) -> None:
+    knobs = {"fail_rate": 1.0, "status": 500, "retry_after_s": 3}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{sandbox[1].url}/_sandbox/faults", json=knobs) as response,
+    ):
+        assert response.status == 200
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{sandbox[1].url}/soap",
+            data=b"<x/>",
+            headers={"Content-Type": "application/soap+xml"},
+        ) as answer,
+    ):
+        assert answer.status == 500
+        assert answer.headers["Retry-After"] == "3"
+        assert "env:Receiver" in await answer.text()

@@ -10,7 +10,7 @@ from pathlib import Path
 from connectors.base import Connector, Delivery, Receipt, idempotency_key
 from hub.breaker import BreakerState
 from hub.bus import MemoryPublisher
-from hub.connector_runner import ConnectorRunner, DrainOnRevoke, Incoming
+from hub.connector_runner import RETRY_AFTER_CAP_S, ConnectorRunner, DrainOnRevoke, Incoming
 from hub.errors import PermanentError, RetryableError
 from hub.events import Event, OutgoingRecord, decode, encode
 from hub.mapping import load_mapping
@@ -273,3 +273,83 @@ async def test_a_rebalance_waits_for_the_batch_in_flight() -> None:
     assert not revoke.done()
     hub_runner.idle.set()  # batch finished and committed
     await asyncio.wait_for(revoke, 1.0)
+
+
+# --------------------------------------------------------------------------- Retry-After
+
+
+def hinted(seconds: float, n: int = 1) -> list[Exception]:
+    return [RetryableError("x", error_class="http_429", retry_after_s=seconds) for _ in range(n)]
+
+
+def runner_with_sleeps(
+    script: list[Exception], *, attempts: int = 5, max_s: float = 5.0
+) -> tuple[ConnectorRunner, MemoryPublisher, ScriptedConnector, list[float]]:
+    """A runner with the default backoff shape (0.2 s doubling, capped at ``max_s``, no
+    jitter) that records how long it was asked to sleep between quick attempts."""
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    connector = ScriptedConnector(script)
+    publisher = MemoryPublisher()
+    mapping = load_mapping(ROOT / "mappings" / "dypa.yaml", "dypa")
+    retry = RetrySettings(attempts=attempts, initial_s=0.2, max_s=max_s, jitter_s=0)
+    hub_runner = ConnectorRunner(connector, mapping, publisher, retry, HubMetrics(), sleep=sleep)
+    hub_runner._clock = lambda: 1000.0  # type: ignore[method-assign]
+    return hub_runner, publisher, connector, slept
+
+
+async def test_a_short_retry_after_is_waited_out_in_process() -> None:
+    hub_runner, publisher, connector, slept = runner_with_sleeps(hinted(2.0, 2))
+    outcome = await hub_runner.handle(incoming())
+    assert outcome is not None and outcome.succeeded and outcome.attempts == 3
+    assert len(connector.calls) == 3
+    assert slept == [2.0, 2.0]  # the hint, not the shorter backoff (0.2 s, 0.4 s)
+    assert rerouted(publisher) == []
+
+
+async def test_backoff_longer_than_the_hint_wins() -> None:
+    errors = [*hinted(0.1), RetryableError("x", error_class="http_503"), *hinted(0.1)]
+    hub_runner, _, _, slept = runner_with_sleeps(errors)
+    await hub_runner.handle(incoming())
+    assert slept == [0.2, 0.4, 0.8]  # 0.2 s doubling, each longer than the 0.1 s hint
+
+
+async def test_a_retry_after_beyond_max_s_goes_to_the_retry_topic_without_waiting() -> None:
+    hub_runner, publisher, connector, slept = runner_with_sleeps(hinted(120.0))
+    outcome = await hub_runner.handle(incoming())
+    assert outcome is not None and not outcome.succeeded and not outcome.dead_lettered
+    assert outcome.error_class == "http_429" and outcome.attempts == 1
+    assert len(connector.calls) == 1, "no quick retry inside the agency's Retry-After"
+    assert slept == []
+    [retry] = rerouted(publisher)
+    assert retry.topic == retry_topic("dypa", 1)
+    assert float(dict(retry.headers)["x-dsy-due"]) == 1000.0 + 120.0  # > the 60 s topic delay
+
+
+async def test_a_retry_after_after_some_quick_attempts_stops_them_too() -> None:
+    errors = [RetryableError("x", error_class="http_503"), *hinted(30.0)]
+    hub_runner, publisher, connector, slept = runner_with_sleeps(errors)
+    outcome = await hub_runner.handle(incoming())
+    assert outcome is not None and outcome.attempts == 2 and len(connector.calls) == 2
+    assert slept == [0.2]
+    [retry] = rerouted(publisher)
+    # shorter than the topic's own delay: the topic delay (60 s) applies
+    assert float(dict(retry.headers)["x-dsy-due"]) == 1000.0 + hub_runner.retry.topic_delays_s[0]
+
+
+async def test_an_absurd_retry_after_is_capped() -> None:
+    hub_runner, publisher, _, _ = runner_with_sleeps(hinted(10 * 365 * 86400.0))
+    await hub_runner.handle(incoming())
+    [retry] = rerouted(publisher)
+    assert float(dict(retry.headers)["x-dsy-due"]) == 1000.0 + RETRY_AFTER_CAP_S
+    assert RETRY_AFTER_CAP_S == 3600.0
+
+
+async def test_a_retry_after_equal_to_max_s_is_still_honoured_in_process() -> None:
+    hub_runner, publisher, _, slept = runner_with_sleeps(hinted(5.0))
+    outcome = await hub_runner.handle(incoming())
+    assert outcome is not None and outcome.succeeded
+    assert slept == [5.0] and rerouted(publisher) == []

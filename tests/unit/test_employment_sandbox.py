@@ -307,3 +307,14 @@ async def test_pusher_gives_up_quietly_when_hub_is_down() -> None:
         assert await pusher.push("ref-8", "received", "DYPA-2026-000008") is False
     finally:
         await pusher.close()
+
+
+async def test_429_with_retry_after_and_early_retries_per_key(client: httpx.AsyncClient) -> None:
+    knobs = {"fail_rate": 1.0, "status": 429, "retry_after_s": 30}
+    await client.post("/_sandbox/faults", json=knobs)
+    first = await _register(client, "k-slow", PAYLOAD)
+    assert first.status_code == 429 and first.headers["retry-after"] == "30"
+    await _register(client, "k-slow", PAYLOAD)  # at once: 30 s too early
+    await _register(client, "k-other", PAYLOAD)  # another key: its first call
+    described = (await client.get("/_sandbox/faults")).json()
+    assert (described["retry_after_sent"], described["early_retries"]) == (3, 1)

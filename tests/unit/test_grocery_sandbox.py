@@ -217,3 +217,13 @@ async def test_fault_knobs_answer_503_and_record_nothing(client: httpx.AsyncClie
     assert await _stats(client) == {"received": 0, "accepted": 0, "duplicates": 0}
     await client.post("/_sandbox/faults", json={})
     assert (await _refer(client, "k-fault", PAYLOAD)).status_code == 201
+
+
+async def test_429_with_retry_after_and_early_retries_per_key(client: httpx.AsyncClient) -> None:
+    knobs = {"fail_rate": 1.0, "status": 429, "retry_after_s": 0.5}
+    await client.post("/_sandbox/faults", json=knobs)
+    first = await _refer(client, "k-slow", PAYLOAD)
+    assert first.status_code == 429 and first.headers["retry-after"] == "1"
+    await _refer(client, "k-slow", PAYLOAD)
+    described = (await client.get("/_sandbox/faults")).json()
+    assert (described["retry_after_sent"], described["early_retries"]) == (2, 1)

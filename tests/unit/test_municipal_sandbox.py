@@ -324,3 +324,15 @@ async def test_hub_token_is_sent_beside_the_signature(make_app: AppFactory, hub:
     _, headers, raw = hub.pushes[0]
     assert headers["Authorization"] == "Bearer hub-token-kar"
     assert verify(SECRETS[KARPENISI], headers, raw).startswith("msg_")
+
+
+async def test_429_with_retry_after_and_early_retries_per_webhook_id(
+    client: httpx.AsyncClient,
+) -> None:
+    knobs = {"fail_rate": 1.0, "status": 429, "retry_after_s": 30}
+    await client.post(f"/{KOZANI}/_sandbox/faults", json=knobs)
+    first = await open_case(client, "dsy-slow", agency=KOZANI)
+    assert first.status_code == 429 and first.headers["retry-after"] == "30"
+    await open_case(client, "dsy-slow", agency=KOZANI)
+    described = (await client.get(f"/{KOZANI}/_sandbox/faults")).json()
+    assert (described["retry_after_sent"], described["early_retries"]) == (2, 1)
