@@ -361,6 +361,8 @@ def create_app(config: BenefitsSandboxConfig) -> FastAPI:
     @app.post("/soap", tags=["soap"])
     async def soap(request: Request) -> Response:
         """SOAP 1.2 endpoint for both operations; faults injected by the knobs come first."""
+        await request.body()  # the whole request first: a real agency keeps working on it
+        # even when the caller disconnects mid-call (a SIGKILLed worker), so faults come after
         if (fault := await apply_faults(faults)) is not None:
             if fault.status_code == 200 and fault.media_type == "text/html":
                 return _hostile(app.state.hostile)

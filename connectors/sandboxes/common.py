@@ -15,7 +15,8 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "FaultKnobs",
     "Faults",
     "IdempotencyKeyReused",
+    "PushJournal",
     "ReceivedRecord",
     "SandboxLedger",
     "StatusPusher",
@@ -369,6 +371,90 @@ def add_sandbox_routes(app: FastAPI, ledger: SandboxLedger, faults: Faults) -> N
 # --------------------------------------------------------------------------- status push
 
 
+class PushJournal:
+    """The agency's outgoing status changes, kept on disk until the hub has taken each one.
+
+    A real agency queues its webhooks durably; without this a sandbox killed together with
+    the hub (``kill -9`` of the ``make run`` tree) forgot the answers it still owed, and the
+    fault suite could not tell an answer lost by the hub from one lost by the sandbox.
+    JSON lines: ``{"op": "add", "id", "referral_id", "reference", "steps": [[epoch, status]]}``
+    and ``{"op": "done", "id", "step"}``. Status codes and ids only, no personal data.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(entry) + "\n")
+
+    def add(
+        self, push_id: str, referral_id: str, reference: str, steps: list[tuple[float, str]]
+    ) -> None:
+        self._append(
+            {
+                "op": "add",
+                "id": push_id,
+                "referral_id": referral_id,
+                "reference": reference,
+                "steps": [[due, status] for due, status in steps],
+            }
+        )
+
+    def done(self, push_id: str, step: int) -> None:
+        self._append({"op": "done", "id": push_id, "step": step})
+
+    def pending(self) -> list[tuple[str, str, str, list[tuple[int, float, str]]]]:
+        """Every push with steps the hub has not taken: (id, referral, reference, steps)."""
+        if not self.path.exists():
+            return []
+        added: dict[str, dict[str, Any]] = {}
+        done: dict[str, set[int]] = {}
+        with self.path.open(encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    entry = json.loads(line)
+                    if entry["op"] == "add":
+                        added[entry["id"]] = entry
+                    elif entry["op"] == "done":
+                        done.setdefault(entry["id"], set()).add(int(entry["step"]))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line after a crash
+        result = []
+        for push_id, entry in added.items():
+            taken = done.get(push_id, set())
+            steps = [
+                (i, float(due), str(status))
+                for i, (due, status) in enumerate(entry["steps"])
+                if i not in taken
+            ]
+            if steps:
+                result.append((push_id, entry["referral_id"], entry["reference"], steps))
+        return result
+
+    def compact(self) -> None:
+        """Rewrite the journal with only what is still owed (called at start)."""
+        if not self.path.exists():
+            return
+        owed = self.pending()
+        with self._lock:
+            tmp = self.path.with_suffix(".tmp")
+            with tmp.open("w", encoding="utf-8") as fh:
+                for push_id, referral_id, reference, steps in owed:
+                    entry = {
+                        "op": "add",
+                        "id": push_id,
+                        "referral_id": referral_id,
+                        "reference": reference,
+                        "steps": [[due, status] for _, due, status in steps],
+                    }
+                    fh.write(json.dumps(entry) + "\n")
+            tmp.replace(self.path)
+
+
 class StatusPusher:
     """Reports status changes to the hub (`POST {hub_url}/v1/agencies/{agency}/status`).
 
@@ -391,8 +477,11 @@ class StatusPusher:
         backoff_s: float = 0.2,
         timeout_s: float = 5.0,
         headers_for: Callable[[bytes], dict[str, str]] | None = None,
+        journal: Path | None = None,
     ) -> None:
         self.agency = agency
+        self._journal = PushJournal(journal) if journal is not None else None
+        self._resumed = False
         self._url = f"{hub_url.rstrip('/')}/v1/agencies/{agency}/status" if hub_url else None
         self._headers = {"Authorization": f"Bearer {hub_token}"} if hub_token else {}
         self._headers_for = headers_for
@@ -409,6 +498,14 @@ class StatusPusher:
     async def start(self) -> None:
         if self._session is None and self.enabled:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
+        if self._journal is not None and self.enabled and not self._resumed:
+            self._resumed = True
+            owed = self._journal.pending()
+            self._journal.compact()
+            for push_id, referral_id, reference, steps in owed:
+                self._spawn(self._run(push_id, referral_id, reference, steps))
+            if owed:
+                log.info("status_pushes_resumed", agency=self.agency, pushes=len(owed))
 
     async def close(self) -> None:
         """Cancel pending pushes and close the session (called from the app's lifespan)."""
@@ -423,29 +520,52 @@ class StatusPusher:
     def schedule(
         self, referral_id: str, reference: str, steps: list[tuple[float, str]]
     ) -> asyncio.Task[None] | None:
-        """Push `steps` — (seconds after now, status) — in order, in one background task."""
+        """Push `steps` — (seconds after now, status) — in order, in one background task;
+        journalled first (when there is a journal) so a restart resumes what is owed."""
         if not self.enabled:
             return None
-        task = asyncio.get_running_loop().create_task(self._run(referral_id, reference, steps))
+        push_id = uuid.uuid4().hex
+        now = time.time()
+        due = [(now + delay_s, status) for delay_s, status in steps]
+        if self._journal is not None:
+            self._journal.add(push_id, referral_id, reference, due)
+        indexed = [(i, at, status) for i, (at, status) in enumerate(due)]
+        return self._spawn(self._run(push_id, referral_id, reference, indexed))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _run(self, referral_id: str, reference: str, steps: list[tuple[float, str]]) -> None:
-        start = time.monotonic()
+    async def _run(
+        self,
+        push_id: str,
+        referral_id: str,
+        reference: str,
+        steps: list[tuple[int, float, str]],
+    ) -> None:
         try:
-            for delay_s, status in steps:
-                wait = start + delay_s - time.monotonic()
+            for index, due, status in steps:
+                wait = due - time.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                await self.push(referral_id, status, reference)
+                outcome = await self._push(referral_id, status, reference)
+                if outcome == "gave_up":
+                    return  # still owed: the journal keeps it for the next start
+                if self._journal is not None:
+                    self._journal.done(push_id, index)
         except Exception as exc:  # a bug here must not vanish into "never retrieved"
             log.error("status_push_crashed", referral_id=referral_id, error=type(exc).__name__)
 
     async def push(self, referral_id: str, status: str, reference: str) -> bool:
         """Send one status change with retries; True if the hub accepted it. Never raises."""
+        return await self._push(referral_id, status, reference) == "accepted"
+
+    async def _push(self, referral_id: str, status: str, reference: str) -> str:
+        """``accepted``, ``refused`` (a 4xx: the hub will never take it) or ``gave_up``."""
         if self._url is None:
-            return False
+            return "gave_up"
         await self.start()
         assert self._session is not None
         body = {
@@ -469,13 +589,13 @@ class StatusPusher:
             else:
                 if code < 300:
                     log.info("status_pushed", attempt=attempt, http_status=code, **ids)
-                    return True
+                    return "accepted"
                 if code < 500:
                     log.error("status_push_refused", http_status=code, **ids)
-                    return False
+                    return "refused"
                 log.warning("status_push_failed", attempt=attempt, http_status=code, **ids)
             if attempt < self._attempts:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)  # ~30 s in all: a real agency outlasts a restart
         log.error("status_push_gave_up", attempts=self._attempts, **ids)
-        return False
+        return "gave_up"

@@ -134,7 +134,12 @@ def create_app(config: EmploymentSandboxConfig) -> FastAPI:
     ledger = SandboxLedger(config.state_file)
     faults = Faults()
     hub_token = config.hub_token.get_secret_value() if config.hub_token else None
-    pusher = StatusPusher(config.agency_id, config.hub_url, hub_token)
+    pusher = StatusPusher(
+        config.agency_id,
+        config.hub_url,
+        hub_token,
+        journal=config.state_file.with_suffix(".pushes.jsonl") if config.state_file else None,
+    )
     tokens = _TokenIssuer(
         config.client_id, config.client_secret.get_secret_value(), config.token_ttl_s
     )
@@ -186,6 +191,8 @@ def create_app(config: EmploymentSandboxConfig) -> FastAPI:
     @app.post("/api/v1/registrations", tags=["registrations"], status_code=201)
     async def register(request: Request) -> Response:
         """Register a referred citizen as unemployed; idempotent per `Idempotency-Key`."""
+        await request.body()  # the whole request first: a real agency keeps working on it
+        # even when the caller disconnects mid-call (a SIGKILLed worker), so faults come after
         key = request.headers.get("idempotency-key", "").strip()
         if (fault := await apply_faults(faults, key=key or None)) is not None:
             return fault

@@ -139,6 +139,7 @@ class _Municipality:
             config.hub_url,
             token.get_secret_value() if token else None,
             headers_for=push_headers(self.secret),
+            journal=state_dir / f"{agency}.pushes.jsonl" if state_dir else None,
         )
         self.app = FastAPI(title=f"{agency} sandbox (municipal social service)")
         self.app.state.ledger = self.ledger
@@ -158,6 +159,8 @@ class _Municipality:
 
     async def open_case(self, request: Request) -> Response:
         """Open a social-service case for a referred citizen; idempotent per ``webhook-id``."""
+        await request.body()  # the whole request first: a real agency keeps working on it
+        # even when the caller disconnects mid-call (a SIGKILLed worker), so faults come after
         key = request.headers.get("webhook-id")
         if (fault := await apply_faults(self.faults, key=key)) is not None:
             return fault

@@ -105,7 +105,12 @@ def create_app(config: SocialGrocerySandboxConfig) -> FastAPI:
     ledger = SandboxLedger(config.state_file)
     faults = Faults()
     hub_token = config.hub_token.get_secret_value() if config.hub_token else None
-    pusher = StatusPusher(config.agency_id, config.hub_url, hub_token)
+    pusher = StatusPusher(
+        config.agency_id,
+        config.hub_url,
+        hub_token,
+        journal=config.state_file.with_suffix(".pushes.jsonl") if config.state_file else None,
+    )
     api_key = config.api_key.get_secret_value().encode()
 
     @asynccontextmanager
@@ -133,6 +138,8 @@ def create_app(config: SocialGrocerySandboxConfig) -> FastAPI:
     @app.post("/api/referrals", tags=["referrals"], status_code=201)
     async def refer(request: Request) -> Response:
         """Take a household referral; idempotent per `Idempotency-Key`."""
+        await request.body()  # the whole request first: a real agency keeps working on it
+        # even when the caller disconnects mid-call (a SIGKILLed worker), so faults come after
         key = request.headers.get("idempotency-key", "").strip()
         if (fault := await apply_faults(faults, key=key or None)) is not None:
             return fault

@@ -29,7 +29,7 @@ async def split(tmp_path: Path) -> AsyncIterator[SplitHub]:
         await asyncio.to_thread(hub.stop)
 
 
-async def test_e_workers_join_leave_and_one_is_sigkilled_mid_call(split: SplitHub) -> None:
+async def test_h_workers_join_leave_and_one_is_sigkilled_mid_call(split: SplitHub) -> None:
     client = Client(split)  # type: ignore[arg-type]  # SplitHub offers what Client reads
     try:
         # Every ΔΥΠΑ call takes 1.5 s, so a killed worker always has calls in flight whose
@@ -54,7 +54,7 @@ async def test_e_workers_join_leave_and_one_is_sigkilled_mid_call(split: SplitHu
         await asyncio.wait_for(flowing, 120)
 
         report = await drain_and_reconcile(
-            "e: serve + workers joining, leaving, one SIGKILLed", client, timeout_s=180
+            "h: serve + workers joining, leaving, one SIGKILLed", client, timeout_s=180
         )
         # Pairs accepted after worker1 died and after worker2 left were necessarily
         # delivered by the survivors: the hand-over worked.
