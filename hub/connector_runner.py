@@ -45,7 +45,7 @@ from hub.events import Event, OutgoingRecord, PoisonRecord, decode, encode
 from hub.logs import get_logger
 from hub.mapping import Mapping
 from hub.metrics import HubMetrics
-from hub.retry_topics import RetryState, dlq_topic, reroute, retry_topic
+from hub.retry_topics import H_REDRIVE_FOR, RetryState, dlq_topic, reroute, retry_topic
 from hub.settings import RetrySettings
 from schemas.events import TOPIC_DELIVERIES, DeliveryOutcome, ReferralSubmitted
 
@@ -167,7 +167,7 @@ class ConnectorRunner:
         if not isinstance(event.data, ReferralSubmitted):
             return None  # withdrawals and other types are not this runner's job yet
         referral = event.data.referral
-        if self.agency not in referral.routed:
+        if self.agency not in referral.routed or not self._still_owed(incoming):
             return None
         delivery = Delivery(
             event_id=event.id,
@@ -188,6 +188,13 @@ class ConnectorRunner:
             outcome = await self._reroute(incoming, delivery, attempts, result)
         await self._record(outcome)
         return outcome
+
+    def _still_owed(self, incoming: Incoming) -> bool:
+        """False for a re-driven record naming other agencies only (this one has it)."""
+        for name, value in incoming.headers:
+            if name == H_REDRIVE_FOR:
+                return self.agency in value.decode(errors="replace").split(",")
+        return True
 
     async def _reroute(
         self, incoming: Incoming, delivery: Delivery, attempts: int, error: DeliveryError

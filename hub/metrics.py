@@ -52,6 +52,11 @@ class HubMetrics:
             ["connector"],
             registry=r,
         )
+        self.redriven_stale = Counter(
+            "diasyndesi_redriven_stale",
+            "Referral events re-sent because a delivery had no outcome for too long.",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "diasyndesi_consumer_lag",
             "Records waiting for a connector on partitions it may consume now.",

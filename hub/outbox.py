@@ -8,16 +8,17 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub.db import Database, DeliveryRow, OutboxRow, ProcessedEventRow, ReferralRow, TimelineRow
 from hub.events import OutgoingRecord, encode
 from hub.registry import Registry
+from hub.retry_topics import H_REDRIVE_FOR
 from schemas.events import REFERRAL_SUBMITTED, STATUS_CHANGED, TOPIC_REFERRALS, ReferralSubmitted
 from schemas.referral import Referral, ReferralRequest
 
@@ -167,21 +168,7 @@ async def redrive_unfinished(db: Database) -> int:
     ignores what it already applied.
     """
     async with db.transaction() as session:
-        unfinished = (
-            select(DeliveryRow.referral_id)
-            .where(DeliveryRow.delivery.in_(("pending", "retrying")))
-            .distinct()
-        )
-        referrals = await session.execute(
-            update(OutboxRow)
-            .where(
-                OutboxRow.referral_id.in_(unfinished),
-                OutboxRow.event_type == REFERRAL_SUBMITTED,
-                OutboxRow.topic == TOPIC_REFERRALS,
-                OutboxRow.sent_at.is_not(None),
-            )
-            .values(sent_at=None)
-        )
+        requeued = await _requeue_referrals(session, ("pending", "retrying"))
         statuses = await session.execute(
             update(OutboxRow)
             .where(
@@ -191,4 +178,47 @@ async def redrive_unfinished(db: Database) -> int:
             )
             .values(sent_at=None)
         )
-        return int(referrals.rowcount or 0) + int(statuses.rowcount or 0)  # type: ignore[attr-defined]
+        return requeued + int(statuses.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def redrive_stale(db: Database, older_than_s: float, max_publishes: int = 5) -> int:
+    """Anti-entropy: re-queue referrals with a delivery still ``pending`` (no outcome at all)
+    although their event went out ``older_than_s`` ago. Something between the broker, the
+    connector and the projector lost it; the agency's idempotency absorbs the repeat if it
+    was only the answer that got lost. ``retrying`` deliveries are left to their retry
+    topics, and after ``max_publishes`` a referral is left to the no-progress watchdog and
+    the operators rather than re-sent forever."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+    async with db.transaction() as session:
+        return await _requeue_referrals(
+            session,
+            ("pending",),
+            OutboxRow.sent_at < cutoff,
+            OutboxRow.publish_count < max_publishes,
+        )
+
+
+async def _requeue_referrals(
+    session: AsyncSession, states: tuple[str, ...], *conditions: ColumnElement[bool]
+) -> int:
+    """Mark the referral events of deliveries in ``states`` unsent again, each naming the
+    agencies still owed it (``x-dsy-redrive-for``) so the others' connectors skip it."""
+    found = await session.execute(
+        select(OutboxRow, DeliveryRow.agency)
+        .join(DeliveryRow, DeliveryRow.referral_id == OutboxRow.referral_id)
+        .where(
+            DeliveryRow.delivery.in_(states),
+            OutboxRow.event_type == REFERRAL_SUBMITTED,
+            OutboxRow.topic == TOPIC_REFERRALS,
+            OutboxRow.sent_at.is_not(None),
+            *conditions,
+        )
+    )
+    owed: dict[int, tuple[OutboxRow, set[str]]] = {}
+    for row, agency in found:
+        owed.setdefault(row.id, (row, set()))[1].add(agency)
+    for row, agencies in owed.values():
+        kept = [[k, v] for k, v in row.headers if k != H_REDRIVE_FOR]
+        row.headers = [*kept, [H_REDRIVE_FOR, ",".join(sorted(agencies))]]
+        row.sent_at = None
+    return len(owed)

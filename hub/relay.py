@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select, update
@@ -22,7 +22,7 @@ from hub.errors import BrokerError
 from hub.events import OutgoingRecord
 from hub.logs import get_logger
 from hub.metrics import HubMetrics
-from hub.outbox import redrive_unfinished
+from hub.outbox import redrive_stale, redrive_unfinished
 from schemas.events import REFERRAL_SUBMITTED
 
 log = get_logger(__name__)
@@ -41,6 +41,9 @@ class Relay:
         poll_s: float = 0.05,
         batch: int = 200,
         topic_check_s: float = 5.0,
+        on_data_loss: Callable[[], Awaitable[None]] | None = None,
+        stale_after_s: float | None = None,
+        stale_check_s: float = 15.0,
     ) -> None:
         self.db = db
         self.publisher = publisher
@@ -51,6 +54,10 @@ class Relay:
         self.poll_s = poll_s
         self.batch = batch
         self.topic_check_s = topic_check_s
+        self.on_data_loss = on_data_loss
+        self.stale_after_s = stale_after_s
+        self.stale_check_s = stale_check_s
+        self._last_stale_check = time.monotonic()
         self.wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._last_topic_check = 0.0
@@ -64,10 +71,12 @@ class Relay:
         while not self._stopping.is_set():
             try:
                 await self._maybe_check_topics()
+                await self._maybe_redrive_stale()
                 sent = await self.publish_pending()
                 backoff = 0.2
             except BrokerError as exc:
                 log.warning("relay cannot reach the broker", error=str(exc), retry_in_s=backoff)
+                self._last_topic_check = 0.0  # check the marker before the next publish
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -132,6 +141,17 @@ class Relay:
         self.metrics.outbox_backlog.set(max((backlog or 0) - len(rows), 0))
         return len(rows)
 
+    async def _maybe_redrive_stale(self) -> None:
+        if self.stale_after_s is None:
+            return
+        if time.monotonic() - self._last_stale_check < self.stale_check_s:
+            return
+        self._last_stale_check = time.monotonic()
+        requeued = await redrive_stale(self.db, self.stale_after_s)
+        if requeued:
+            self.metrics.redriven_stale.inc(requeued)
+            log.warning("re-driving referrals with no outcome", records=requeued)
+
     async def _maybe_check_topics(self) -> None:
         if time.monotonic() - self._last_topic_check < self.topic_check_s:
             return
@@ -144,3 +164,5 @@ class Relay:
         await ensure_topics(self.bootstrap, self.topics, self.partitions)
         requeued = await redrive_unfinished(self.db)
         log.info("re-drive queued", records=requeued)
+        if self.on_data_loss is not None:
+            await self.on_data_loss()

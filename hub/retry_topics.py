@@ -25,8 +25,21 @@ H_ORIGIN = "x-dsy-origin"
 H_DUE = "x-dsy-due"
 H_LEVEL = "x-dsy-level"
 H_REPLAYED_BY = "x-dsy-replayed-by"
+H_REDRIVE_FOR = "x-dsy-redrive-for"
+"""On a re-driven referral record: the agencies still owed it (comma-separated). The others
+already have it, so their connectors skip the record instead of calling them again."""
 OWN_HEADERS = frozenset(
-    {H_ERROR_CLASS, H_ERROR, H_ATTEMPTS, H_FIRST_FAILURE, H_ORIGIN, H_DUE, H_LEVEL, H_REPLAYED_BY}
+    {
+        H_ERROR_CLASS,
+        H_ERROR,
+        H_ATTEMPTS,
+        H_FIRST_FAILURE,
+        H_ORIGIN,
+        H_DUE,
+        H_LEVEL,
+        H_REPLAYED_BY,
+        H_REDRIVE_FOR,
+    }
 )
 
 

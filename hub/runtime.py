@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from connectors.base import Connector, PollsStatus
 from hub.api.app import create_app
@@ -37,6 +38,9 @@ from hub.settings import AgencyConnection, Settings
 from schemas.events import TOPIC_DELIVERIES, TOPIC_REFERRALS, TOPIC_STATUS
 
 log = get_logger(__name__)
+
+REWIND_WINDOW_S = 60.0
+"""After a broker data loss, assignments are rewound for this long (the groups rejoin)."""
 
 
 def load_mappings(settings: Settings, registry: Registry) -> dict[str, Mapping]:
@@ -100,6 +104,8 @@ class Hub:
             partitions=settings.topic_partitions,
             poll_s=settings.relay_poll_s,
             batch=settings.relay_batch,
+            on_data_loss=self._rewind_consumers,
+            stale_after_s=settings.redrive_stale_after_s,
         )
         self.projector = Projector(self.db, self.metrics)
         self.runners: dict[str, ConnectorRunner] = {}
@@ -108,6 +114,7 @@ class Hub:
         self._consumers: list[AIOKafkaConsumer] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._rewind_until = 0.0
 
     @property
     def expected_consumers(self) -> int:
@@ -233,14 +240,16 @@ class Hub:
     ) -> None:
         pause = 0.2
         while not self._stopping.is_set():
+            rewind = RewindAfterDataLoss(self, listener)
             consumer = make_consumer(
                 self.bootstrap,
                 group,
                 topics,
                 self.settings.consumer,
                 client_id=group,
-                listener=listener,
+                listener=rewind,
             )
+            rewind.consumer = consumer
             try:
                 await asyncio.wait_for(
                     consumer.start(), self.settings.consumer.session_timeout_ms / 1000 * 2 + 5
@@ -262,6 +271,36 @@ class Hub:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(consumer.stop(), 10)
             return
+
+    async def _rewind_consumers(self) -> None:
+        """The broker lost its data (the embedded broker restarted empty): every consumer of
+        this process must read the fresh logs from the beginning. Their fetch positions, and
+        any offsets they committed to the new broker since (Tansu accepts commits from members
+        of the dead broker's groups), point into the old logs and would skip records published
+        to the new one: the fault suite's two-minute outage lost referrals so. So rewind now,
+        and again on every assignment for a while, since the groups rejoin after this and a
+        rejoin restores those committed offsets. Re-reading is safe: agencies and the
+        projector are idempotent."""
+        self._rewind_until = asyncio.get_running_loop().time() + REWIND_WINDOW_S
+        for consumer in list(self._consumers):
+            self._spawn("rewind", self._rewind(consumer))
+
+    def rewinding(self) -> bool:
+        return asyncio.get_running_loop().time() < self._rewind_until
+
+    async def _rewind(self, consumer: AIOKafkaConsumer, timeout_s: float = 60.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not self._stopping.is_set():
+            assigned = consumer.assignment()
+            if assigned:
+                with contextlib.suppress(IllegalStateError):  # a rebalance in between
+                    await consumer.seek_to_beginning(*assigned)
+                    log.warning("consumer rewound after broker data loss", partitions=len(assigned))
+                    return
+            if asyncio.get_running_loop().time() > deadline:
+                log.error("consumer not rewound: no assignment after broker data loss")
+                return
+            await self._pause(0.2)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -298,6 +337,27 @@ class Hub:
         if self.api is not None:
             await self.api.stop()
         await self.db.dispose()
+
+
+class RewindAfterDataLoss(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Wraps a consumer's rebalance listener: while the hub is rewinding after the broker
+    lost its data, every new assignment starts from the beginning of the fresh logs."""
+
+    def __init__(self, hub: Hub, inner: ConsumerRebalanceListener | None) -> None:
+        self.hub = hub
+        self.inner = inner
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if self.inner is not None:
+            await self.inner.on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        if self.inner is not None:
+            await self.inner.on_partitions_assigned(assigned)
+        if assigned and self.consumer is not None and self.hub.rewinding():
+            await self.consumer.seek_to_beginning(*assigned)
+            log.warning("assignment rewound after broker data loss", partitions=len(assigned))
 
 
 def _merge_connections(

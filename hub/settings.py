@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     replay_rate_per_s: float = Field(default=10.0, gt=0, le=1000)
     relay_poll_s: float = Field(default=0.05, gt=0)
     relay_batch: int = Field(default=200, ge=1)
+    redrive_stale_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="re-send a referral whose delivery has had no outcome for this long",
+    )
 
     sandbox_host: str = "127.0.0.1"
     sandbox_benefits_port: int = Field(default=8101, ge=0, le=65535)

@@ -178,7 +178,7 @@ class HubProcess:
             SANDBOX_MUNICIPAL_PORT=str(self.ports.municipal),
             SANDBOX_DECISION_DELAY_S="0.5",
             SANDBOX_GROCERY_CAPACITY="100000",
-            LOG_LEVEL="WARNING",
+            LOG_LEVEL=os.environ.get("FAULTS_LOG_LEVEL", "WARNING"),
             PYTHONUNBUFFERED="1",
         )
         env.update(self.extra_env)
@@ -686,7 +686,8 @@ def reconcile(
         if (state == "dead_lettered") != (pair in dead):
             report.state_mismatch[pair] = f"read model says {state}, dead-letter ledger disagrees"
         if state not in SETTLED:
-            report.unsettled[str(state)] = report.unsettled.get(str(state), 0) + 1
+            where = f"{state}@{pair[1]}"
+            report.unsettled[where] = report.unsettled.get(where, 0) + 1
     report.keys_with_two_referrals = [k for k, ids in stats.ids_by_key.items() if len(ids) > 1]
     return report
 

@@ -28,6 +28,7 @@ from hub.db import (
 from hub.metrics import HubMetrics
 from hub.outbox import redrive_unfinished
 from hub.registry import Registry
+from hub.retry_topics import H_REDRIVE_FOR
 from hub.samples import make_amka, sample_referral
 from hub.settings import Settings
 from schemas.events import REFERRAL_SUBMITTED, STATUS_CHANGED
@@ -370,3 +371,80 @@ async def test_redrive_requeues_what_a_lost_broker_took_with_it(env: Env) -> Non
             .all()
         )
     assert queued == [REFERRAL_SUBMITTED, STATUS_CHANGED]
+
+
+async def test_redrive_names_only_the_agencies_still_owed(env: Env) -> None:
+    """A re-driven referral record carries the agencies whose delivery is unfinished, so
+    connectors of agencies that already have it do not call them again."""
+    body = sample_referral(seed=14, programmes=["GMI", "UNEMPLOYMENT_REGISTRATION"])
+    referral_id = (await env.submit(body)).json()["id"]
+    async with env.db.transaction() as session:
+        for row in (await session.execute(select(OutboxRow))).scalars():
+            row.sent_at = datetime.now(UTC)
+        deliveries = (
+            (
+                await session.execute(
+                    select(DeliveryRow).where(DeliveryRow.referral_id == referral_id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        assert sorted(d.agency for d in deliveries) == ["dypa", "opeka"]
+        next(d for d in deliveries if d.agency == "opeka").delivery = "delivered"
+
+    assert await redrive_unfinished(env.db) == 1
+    assert await redrive_unfinished(env.db) == 0  # already queued: nothing new
+    async with env.db.sessions() as session:
+        [row] = (
+            (await session.execute(select(OutboxRow).where(OutboxRow.sent_at.is_(None))))
+            .scalars()
+            .all()
+        )
+    assert [v for k, v in row.headers if k == H_REDRIVE_FOR] == ["dypa"]
+
+
+async def test_a_delivery_with_no_outcome_for_too_long_is_redriven(env: Env) -> None:
+    """Anti-entropy: a referral whose event went out long ago but one delivery never got any
+    outcome is re-sent for that agency only; young, retrying and often re-sent ones are not."""
+    from datetime import timedelta
+
+    from hub.outbox import redrive_stale
+
+    body = sample_referral(seed=15, programmes=["GMI", "UNEMPLOYMENT_REGISTRATION"])
+    referral_id = (await env.submit(body)).json()["id"]
+
+    async def age(seconds: float, publishes: int = 1) -> None:
+        async with env.db.transaction() as session:
+            for row in (await session.execute(select(OutboxRow))).scalars():
+                row.sent_at = datetime.now(UTC) - timedelta(seconds=seconds)
+                row.publish_count = publishes
+
+    async def set_state(agency: str, state: str) -> None:
+        async with env.db.transaction() as session:
+            row = (
+                await session.execute(
+                    select(DeliveryRow).where(
+                        DeliveryRow.referral_id == referral_id, DeliveryRow.agency == agency
+                    )
+                )
+            ).scalar_one()
+            row.delivery = state
+
+    await age(30)
+    assert await redrive_stale(env.db, older_than_s=120) == 0  # still young
+    await age(300, publishes=5)
+    assert await redrive_stale(env.db, older_than_s=120) == 0  # re-sent enough already
+    await set_state("opeka", "delivered")
+    await set_state("dypa", "retrying")
+    await age(300)
+    assert await redrive_stale(env.db, older_than_s=120) == 0  # retry topics own it
+    await set_state("dypa", "pending")
+    assert await redrive_stale(env.db, older_than_s=120) == 1
+    async with env.db.sessions() as session:
+        [row] = (
+            (await session.execute(select(OutboxRow).where(OutboxRow.sent_at.is_(None))))
+            .scalars()
+            .all()
+        )
+    assert [v for k, v in row.headers if k == H_REDRIVE_FOR] == ["dypa"]

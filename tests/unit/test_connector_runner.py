@@ -15,7 +15,14 @@ from hub.errors import PermanentError, RetryableError
 from hub.events import Event, OutgoingRecord, decode, encode
 from hub.mapping import load_mapping
 from hub.metrics import HubMetrics
-from hub.retry_topics import H_ERROR_CLASS, H_LEVEL, RetryState, dlq_topic, retry_topic
+from hub.retry_topics import (
+    H_ERROR_CLASS,
+    H_LEVEL,
+    H_REDRIVE_FOR,
+    RetryState,
+    dlq_topic,
+    retry_topic,
+)
 from hub.samples import sample_referral
 from hub.settings import AgencyConnection, RetrySettings
 from schemas.events import (
@@ -353,3 +360,14 @@ async def test_a_retry_after_equal_to_max_s_is_still_honoured_in_process() -> No
     outcome = await hub_runner.handle(incoming())
     assert outcome is not None and outcome.succeeded
     assert slept == [5.0] and rerouted(publisher) == []
+
+
+async def test_a_redriven_record_for_other_agencies_is_skipped_without_a_call() -> None:
+    run, publisher, connector, _ = runner([])
+    base = incoming().headers
+    skipped = await run.handle(incoming(headers=[*base, (H_REDRIVE_FOR, b"opeka,kozani")]))
+    assert skipped is None
+    assert connector.calls == [] and publisher.records == []
+    owed = await run.handle(incoming(headers=[*base, (H_REDRIVE_FOR, b"dypa,opeka")]))
+    assert owed is not None and owed.succeeded
+    assert len(connector.calls) == 1
