@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, KafkaError
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from hub.db import Database, DeadLetterRow, DeliveryRow, ProcessedEventRow, ReferralRow, TimelineRow
 from hub.events import Event, PoisonRecord, decode
@@ -87,6 +87,22 @@ class Projector:
                             max((data.occurred_at - created).total_seconds(), 0.0)
                         )
             else:
+                latest = await session.scalar(
+                    select(func.max(TimelineRow.at)).where(
+                        TimelineRow.referral_id == data.referral_id,
+                        TimelineRow.agency == data.agency,
+                        TimelineRow.kind == "status",
+                    )
+                )
+                if latest is not None and (
+                    data.occurred_at < latest
+                    or (data.occurred_at == latest and data.status.value == row.status)
+                ):
+                    # Agencies' pushes arrive late, out of order or twice (a push retried
+                    # after a timeout the hub had already answered): never let an older
+                    # status overwrite a newer one. Found by the 2-minute outage scenario.
+                    log.info("older or repeated status ignored", agency=data.agency)
+                    return True
                 row.status = data.status.value
                 if data.reference:
                     row.reference = data.reference

@@ -115,6 +115,7 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._rewind_until = 0.0
+        self.data_loss_epoch = 0
 
     @property
     def expected_consumers(self) -> int:
@@ -278,10 +279,12 @@ class Hub:
         any offsets they committed to the new broker since (Tansu accepts commits from members
         of the dead broker's groups), point into the old logs and would skip records published
         to the new one: the fault suite's two-minute outage lost referrals so. So rewind now,
-        and again on every assignment for a while, since the groups rejoin after this and a
-        rejoin restores those committed offsets. Re-reading is safe: agencies and the
-        projector are idempotent."""
+        and again on each consumer's first assignment after this (within a minute), since
+        the groups rejoin and a rejoin restores those committed offsets; later rejoins find
+        offsets committed after the rewind. Re-reading is safe: agencies and the projector
+        are idempotent, but each re-read record costs an agency call, so only twice."""
         self._rewind_until = asyncio.get_running_loop().time() + REWIND_WINDOW_S
+        self.data_loss_epoch += 1
         for consumer in list(self._consumers):
             self._spawn("rewind", self._rewind(consumer))
 
@@ -340,13 +343,14 @@ class Hub:
 
 
 class RewindAfterDataLoss(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Wraps a consumer's rebalance listener: while the hub is rewinding after the broker
-    lost its data, every new assignment starts from the beginning of the fresh logs."""
+    """Wraps a consumer's rebalance listener: the first assignment after the hub saw the
+    broker lose its data starts from the beginning of the fresh logs."""
 
     def __init__(self, hub: Hub, inner: ConsumerRebalanceListener | None) -> None:
         self.hub = hub
         self.inner = inner
         self.consumer: AIOKafkaConsumer | None = None
+        self.rewound_epoch = hub.data_loss_epoch
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         if self.inner is not None:
@@ -355,7 +359,9 @@ class RewindAfterDataLoss(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Any) -> None:
         if self.inner is not None:
             await self.inner.on_partitions_assigned(assigned)
-        if assigned and self.consumer is not None and self.hub.rewinding():
+        due = self.rewound_epoch != self.hub.data_loss_epoch and self.hub.rewinding()
+        if assigned and self.consumer is not None and due:
+            self.rewound_epoch = self.hub.data_loss_epoch
             await self.consumer.seek_to_beginning(*assigned)
             log.warning("assignment rewound after broker data loss", partitions=len(assigned))
 

@@ -448,3 +448,47 @@ async def test_a_delivery_with_no_outcome_for_too_long_is_redriven(env: Env) -> 
             .all()
         )
     assert [v for k, v in row.headers if k == H_REDRIVE_FOR] == ["dypa"]
+
+
+async def test_an_older_or_repeated_status_never_overwrites_a_newer_one(env: Env) -> None:
+    """Agencies' pushes arrive late, out of order or twice (a push retried after a timeout the
+    hub had already answered, with a fresh event id): the read model keeps the newest."""
+    from datetime import timedelta
+
+    from hub.events import decode, encode
+    from hub.projector import Projector
+    from schemas.codes import EnrollmentStatus
+    from schemas.events import TOPIC_STATUS, StatusChanged
+
+    referral_id = (await env.submit(sample_referral(seed=16))).json()["id"]
+    projector = Projector(env.db, env.metrics)
+    t0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+    async def push(status: EnrollmentStatus, at: datetime) -> None:
+        data = StatusChanged(referral_id=referral_id, agency="dypa", status=status, occurred_at=at)
+        record = encode(TOPIC_STATUS, STATUS_CHANGED, data, key=referral_id)
+        assert await projector.apply(decode(record.headers, record.key, record.value))
+
+    async def shown() -> tuple[str | None, list[str]]:
+        async with env.db.sessions() as session:
+            row = (
+                await session.execute(
+                    select(DeliveryRow).where(DeliveryRow.referral_id == referral_id)
+                )
+            ).scalar_one()
+            timeline = (
+                await session.execute(
+                    select(TimelineRow.detail)
+                    .where(TimelineRow.referral_id == referral_id, TimelineRow.kind == "status")
+                    .order_by(TimelineRow.at)
+                )
+            ).scalars()
+            return row.status, [str(d) for d in timeline]
+
+    await push(EnrollmentStatus.RECEIVED, t0)
+    await push(EnrollmentStatus.ACCEPTED, t0 + timedelta(seconds=1))
+    await push(EnrollmentStatus.RECEIVED, t0)  # the retried push, arriving last
+    await push(EnrollmentStatus.ACCEPTED, t0 + timedelta(seconds=1))  # a plain repeat
+    assert await shown() == ("accepted", ["received", "accepted"])
+    await push(EnrollmentStatus.ENROLLED, t0 + timedelta(seconds=2))
+    assert await shown() == ("enrolled", ["received", "accepted", "enrolled"])
