@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 
 from hub.samples import sample_referral
 from hub.webhooks import sign
@@ -63,7 +64,7 @@ async def test_signed_status_pushes_are_verified_and_replays_absorbed(stack: Sta
             "referral_id": answer["id"],
             "status": "enrolled",
             "reference": "KOZ-SS-1",
-            "occurred_at": "2026-11-21T10:00:00+00:00",
+            "occurred_at": datetime.now(UTC).isoformat(),  # after the sandbox's `accepted`
         }
     ).encode()
     msg_id = f"msg_{uuid.uuid4().hex}"
