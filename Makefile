@@ -20,7 +20,7 @@ run: venv ## start the hub on embedded defaults (broker, SQLite, sandbox agencie
 test: venv ## unit and integration tests (real embedded broker, real sandbox agencies)
 	$(BIN)/pytest
 
-faults: venv ## fault-injection scenarios against a real `diasyndesi up` (issue 4; ~5 min)
+faults: venv ## fault-injection scenarios against the real processes (issue 4; ~9 min)
 	$(BIN)/pytest tests/faults -q -m "faults or not faults"
 
 lint: venv
