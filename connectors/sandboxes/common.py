@@ -16,7 +16,8 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,10 +37,12 @@ __all__ = [
     "IdempotencyKeyReused",
     "PushJournal",
     "ReceivedRecord",
+    "SandboxApp",
     "SandboxLedger",
     "StatusPusher",
     "add_sandbox_routes",
     "apply_faults",
+    "sandbox_app",
     "utc_now",
 ]
 
@@ -599,3 +602,52 @@ class StatusPusher:
                 delay = min(delay * 2, 5.0)  # ~30 s in all: a real agency outlasts a restart
         log.error("status_push_gave_up", attempts=self._attempts, **ids)
         return "gave_up"
+
+
+# --------------------------------------------------------------------------- app
+
+
+@dataclass
+class SandboxApp:
+    """A pushing agency's app with its ledger, fault knobs and (journalled) status pusher."""
+
+    app: FastAPI
+    ledger: SandboxLedger
+    faults: Faults
+    pusher: StatusPusher
+
+
+def sandbox_app(
+    title: str,
+    agency: str,
+    *,
+    hub_url: str | None,
+    hub_token: str | None,
+    state_file: Path | None,
+) -> SandboxApp:
+    """The set-up every pushing REST sandbox shares: the ledger in ``state_file``, the push
+    journal next to it, the pusher opened and closed with the app, ``app.state`` exposing
+    all three to tests, and the ``/_sandbox/*`` routes."""
+    ledger = SandboxLedger(state_file)
+    faults = Faults()
+    pusher = StatusPusher(
+        agency,
+        hub_url,
+        hub_token,
+        journal=state_file.with_suffix(".pushes.jsonl") if state_file else None,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await pusher.start()
+        try:
+            yield
+        finally:
+            await pusher.close()
+
+    app = FastAPI(title=title, lifespan=lifespan)
+    app.state.ledger = ledger
+    app.state.faults = faults
+    app.state.pusher = pusher
+    add_sandbox_routes(app, ledger, faults)
+    return SandboxApp(app, ledger, faults, pusher)

@@ -13,8 +13,6 @@ import binascii
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,13 +23,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connectors.sandboxes.common import (
-    Faults,
     IdempotencyKeyReused,
     ReceivedRecord,
-    SandboxLedger,
-    StatusPusher,
-    add_sandbox_routes,
     apply_faults,
+    sandbox_app,
     utc_now,
 )
 
@@ -131,33 +126,18 @@ def _missing_referral_id(body: dict[str, Any]) -> JSONResponse | None:
 
 def create_app(config: EmploymentSandboxConfig) -> FastAPI:
     """Build the ΔΥΠΑ sandbox; `app.state` exposes ledger, faults and pusher to tests."""
-    ledger = SandboxLedger(config.state_file)
-    faults = Faults()
-    hub_token = config.hub_token.get_secret_value() if config.hub_token else None
-    pusher = StatusPusher(
+    parts = sandbox_app(
+        "ΔΥΠΑ sandbox (employment service)",
         config.agency_id,
-        config.hub_url,
-        hub_token,
-        journal=config.state_file.with_suffix(".pushes.jsonl") if config.state_file else None,
+        hub_url=config.hub_url,
+        hub_token=config.hub_token.get_secret_value() if config.hub_token else None,
+        state_file=config.state_file,
     )
+    app, ledger, faults, pusher = parts.app, parts.ledger, parts.faults, parts.pusher
     tokens = _TokenIssuer(
         config.client_id, config.client_secret.get_secret_value(), config.token_ttl_s
     )
     decision_delay = timedelta(seconds=config.decision_delay_s)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await pusher.start()
-        try:
-            yield
-        finally:
-            await pusher.close()
-
-    app = FastAPI(title="ΔΥΠΑ sandbox (employment service)", lifespan=lifespan)
-    app.state.ledger = ledger
-    app.state.faults = faults
-    app.state.pusher = pusher
-    add_sandbox_routes(app, ledger, faults)
 
     def registration_status(rec: ReceivedRecord) -> str:
         # Derived from time, not from push success: the decision happens whether or not

@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +24,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connectors.sandboxes.common import (
-    Faults,
     IdempotencyKeyReused,
-    SandboxLedger,
-    StatusPusher,
-    add_sandbox_routes,
     apply_faults,
+    sandbox_app,
 )
 
 __all__ = ["SERVICES", "SocialGrocerySandboxConfig", "create_app"]
@@ -102,30 +97,15 @@ def _invalid(body: dict[str, Any]) -> list[dict[str, str]]:
 
 def create_app(config: SocialGrocerySandboxConfig) -> FastAPI:
     """Build the grocery sandbox; `app.state` exposes ledger, faults and pusher to tests."""
-    ledger = SandboxLedger(config.state_file)
-    faults = Faults()
-    hub_token = config.hub_token.get_secret_value() if config.hub_token else None
-    pusher = StatusPusher(
+    parts = sandbox_app(
+        "Kozani social grocery sandbox",
         config.agency_id,
-        config.hub_url,
-        hub_token,
-        journal=config.state_file.with_suffix(".pushes.jsonl") if config.state_file else None,
+        hub_url=config.hub_url,
+        hub_token=config.hub_token.get_secret_value() if config.hub_token else None,
+        state_file=config.state_file,
     )
+    app, ledger, faults, pusher = parts.app, parts.ledger, parts.faults, parts.pusher
     api_key = config.api_key.get_secret_value().encode()
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await pusher.start()
-        try:
-            yield
-        finally:
-            await pusher.close()
-
-    app = FastAPI(title="Kozani social grocery sandbox", lifespan=lifespan)
-    app.state.ledger = ledger
-    app.state.faults = faults
-    app.state.pusher = pusher
-    add_sandbox_routes(app, ledger, faults)
 
     def decision(case_id: str) -> str:
         sequence = int(case_id.rsplit("-", 1)[1])
