@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: venv run test faults check lint format schemas bench lock clean
+.PHONY: venv run test test-postgres faults check lint format schemas bench lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,14 @@ run: venv ## start the hub on embedded defaults (broker, SQLite, sandbox agencie
 
 test: venv ## unit and integration tests (real embedded broker, real sandbox agencies)
 	$(BIN)/pytest
+
+# The same suite on a real PostgreSQL (a throw-away server from the machine's PostgreSQL 15
+# binaries), then the fault scenarios that matter most there: the whole tree SIGKILLed,
+# two `serve` processes sharing one database, PostgreSQL itself stopped under load.
+PG_FAULTS := whole_tree or two_serves or postgres
+test-postgres: venv ## the suite and the database fault scenarios on PostgreSQL
+	$(BIN)/python -m tests.pgserver run -- sh -c '$(BIN)/pytest && \
+	  $(BIN)/pytest tests/faults -q -m "faults or not faults" -k "$(PG_FAULTS)"'
 
 faults: venv ## fault-injection scenarios against the real processes (issue 4; ~9 min)
 	$(BIN)/pytest tests/faults -q -m "faults or not faults"

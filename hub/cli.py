@@ -28,6 +28,8 @@ dlq_app = typer.Typer(
     help="Dead letters: list, show, replay (works on the database; a running hub publishes).",
 )
 app.add_typer(dlq_app, name="dlq")
+db_app = typer.Typer(no_args_is_help=True, help="The database schema (Alembic migrations).")
+app.add_typer(db_app, name="db")
 
 
 def _settings() -> Settings:
@@ -261,11 +263,70 @@ def schemas_export(
 
 
 async def _open_db(settings: Settings) -> Database:
-    """The hub's database; created empty if this is a fresh checkout."""
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    """The hub's database: migrated in development (a fresh checkout gets an empty one),
+    refused in production unless ``diasyndesi db upgrade`` has been run."""
+    from hub.schema import ensure_schema
+
+    if not settings.database_url:
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.database)
-    await db.create_all()
+    try:
+        await ensure_schema(db, migrate=settings.environment == "development")
+    except BaseException:
+        await db.dispose()
+        raise
     return db
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the database at DATABASE_URL to this release's schema (safe to repeat)."""
+    from hub.schema import upgrade
+
+    settings = _settings()
+
+    async def main() -> None:
+        if not settings.database_url:
+            settings.var_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.database)
+        try:
+            before = await upgrade(db)
+        finally:
+            await db.dispose()
+        if before.up_to_date:
+            typer.echo(f"{db.display_url}: already at revision {before.head}")
+        else:
+            was = before.current or ("pre-migration tables" if before.legacy else "empty")
+            typer.echo(f"{db.display_url}: upgraded from {was} to revision {before.head}")
+
+    _run(main())
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the database's schema revision and this release's; exit 1 if they differ."""
+    from hub.schema import schema_state
+
+    settings = _settings()
+
+    async def main() -> bool:
+        db = Database(settings.database)
+        try:
+            state = await schema_state(db)
+        finally:
+            await db.dispose()
+        typer.echo(
+            f"{db.display_url}: revision {state.current or 'none'} (release needs {state.head})"
+        )
+        return state.up_to_date
+
+    try:
+        current = asyncio.run(main())
+    except DiasyndesiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not current:
+        raise typer.Exit(1)
 
 
 @dlq_app.command("list")

@@ -24,8 +24,11 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     event,
+    make_url,
+    text,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -33,6 +36,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from hub.errors import ConfigurationError
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -118,6 +123,10 @@ class OutboxRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
     publish_count: Mapped[int] = mapped_column(Integer, default=0)
+    # A relay claims unsent rows before publishing them, so several `serve` processes never
+    # publish one row twice; a claim left by a relay that died lapses at ``claimed_until``.
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class TimelineRow(Base):
@@ -185,15 +194,57 @@ class WebhookMessageRow(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class LeaseRow(Base):
+    """A named job that one process at a time may do (re-driving after a broker data loss,
+    the stale-delivery sweep, polling an agency): held by ``holder`` until ``expires_at``
+    and renewed while the holder lives."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Bumped each time the job's holder does it (e.g. recovers from a broker data loss), so
+    # the other processes learn that it happened and do their own part (rewind consumers).
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+
+
+OUTBOX_CHANNEL = "diasyndesi_outbox"
+"""PostgreSQL NOTIFY channel: a committed outbox row wakes every relay at once."""
+
+
 class Database:
-    """Engine and session factory; ``create_all`` builds the schema on first start."""
+    """Engine and session factory. The schema is Alembic's (``hub.schema``); ``create_all``
+    is only for tests that want the tables without the migration history."""
 
     def __init__(self, url: str) -> None:
+        try:
+            parsed = make_url(url)
+            # hide_parameters: a failing statement's values (an AMKA, a name) never reach
+            # an exception message or a log line.
+            self.engine: AsyncEngine = create_async_engine(
+                parsed, hide_parameters=True, **_pool_options(parsed.get_backend_name())
+            )
+        except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+            raise ConfigurationError(
+                f"DATABASE_URL is not a usable SQLAlchemy async URL ({type(exc).__name__}: "
+                "expected sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST/DB)"
+            ) from None
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(url)
-        if url.startswith("sqlite"):
+        self.dialect = parsed.get_backend_name()
+        self.display_url = parsed.render_as_string(hide_password=True)
+        if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    async def notify_outbox(self, session: AsyncSession) -> None:
+        """Wake every relay when this transaction commits (PostgreSQL; SQLite relays poll)."""
+        if self.postgres:
+            await session.execute(text(f"NOTIFY {OUTBOX_CHANNEL}"))
 
     async def create_all(self) -> None:
         async with self.engine.begin() as conn:
@@ -207,6 +258,20 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _pool_options(backend: str) -> dict[str, Any]:
+    if backend == "postgresql":
+        # Connections dropped by a database restart are discarded on first use (SQLAlchemy
+        # invalidates the pool on a disconnect error); recycle guards against idle kills.
+        return {
+            "pool_size": 10,
+            "max_overflow": 10,
+            "pool_recycle": 1800,
+            "pool_timeout": 10,
+            "connect_args": {"timeout": 10},
+        }
+    return {}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

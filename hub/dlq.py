@@ -108,6 +108,7 @@ async def replay(db: Database, dead_letter_id: int, operator: str) -> DeadLetter
             )
         )
         row.replayed_at, row.replayed_by, row.replays = now, operator, row.replays + 1
+        await db.notify_outbox(session)
         delivery.delivery, delivery.updated_at = "retrying", now
         session.add(
             TimelineRow(

@@ -121,6 +121,7 @@ async def accept_referral(
                 )
             )
             add_outbox(session, record, event_id, REFERRAL_SUBMITTED, referral.id)
+            await db.notify_outbox(session)
     except IntegrityError:
         # A concurrent request with the same key won the race: answer as it did.
         existing = await _find_existing(db, request.centre, idempotency_key, digest)
@@ -178,6 +179,7 @@ async def redrive_unfinished(db: Database) -> int:
             )
             .values(sent_at=None)
         )
+        await db.notify_outbox(session)
         return requeued + int(statuses.rowcount or 0)  # type: ignore[attr-defined]
 
 
@@ -190,12 +192,14 @@ async def redrive_stale(db: Database, older_than_s: float, max_publishes: int = 
     the operators rather than re-sent forever."""
     cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
     async with db.transaction() as session:
-        return await _requeue_referrals(
+        requeued = await _requeue_referrals(
             session,
             ("pending",),
             OutboxRow.sent_at < cutoff,
             OutboxRow.publish_count < max_publishes,
         )
+        await db.notify_outbox(session)
+        return requeued
 
 
 async def _requeue_referrals(

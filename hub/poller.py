@@ -14,12 +14,14 @@ import time
 from datetime import UTC, datetime
 
 from sqlalchemy import or_, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from connectors.base import Connector, PollsStatus
 from hub.bus import Publisher
 from hub.db import Database, DeliveryRow
 from hub.errors import BrokerError, DeliveryError
 from hub.events import encode
+from hub.leases import Leases
 from hub.logs import get_logger
 from hub.metrics import HubMetrics
 from schemas.codes import EnrollmentStatus
@@ -49,6 +51,8 @@ class StatusPoller:
         *,
         interval_s: float,
         batch: int = 500,
+        concurrency: int = 8,
+        leases: Leases | None = None,
     ) -> None:
         if not isinstance(connector, PollsStatus):
             raise TypeError(f"{type(connector).__name__} cannot be polled")
@@ -59,6 +63,8 @@ class StatusPoller:
         self.metrics = metrics
         self.interval_s = interval_s
         self.batch = batch
+        self.concurrency = concurrency
+        self.leases = leases
         self._stopping = asyncio.Event()
         # referral -> (status sent, when): not sent again until the read model shows it, or
         # until ``republish_s`` passes (the broker may have lost it).
@@ -69,11 +75,20 @@ class StatusPoller:
         self._stopping.set()
 
     async def run(self) -> None:
+        """Poll every ``interval_s``. With several workers of the agency, only the one that
+        holds the agency's polling lease asks (the agency is asked once, not once per
+        worker); another takes over within a few intervals if it dies."""
+        lease = f"poll:{self.agency}"
         while not self._stopping.is_set():
             try:
-                await self.poll_once()
+                if self.leases is None or await self.leases.acquire(
+                    lease, ttl_s=max(3 * self.interval_s, 10.0)
+                ):
+                    await self.poll_once()
             except BrokerError as exc:
                 log.warning("status poll could not publish", agency=self.agency, error=str(exc))
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("status poll cannot read the database", error=type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.interval_s)
 
@@ -96,39 +111,47 @@ class StatusPoller:
                     .limit(self.batch)
                 )
             ).all()
-        changed = 0
+        # A few questions in flight at once: after a burst, one call after another took a
+        # minute to catch up with a thousand open deliveries.
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def one(referral_id: str, reference: str, current: str | None) -> bool:
+            async with limit:
+                if self._stopping.is_set():
+                    return False
+                return await self._ask(referral_id, reference, current)
+
+        results = await asyncio.gather(
+            *(one(r, ref, cur) for r, ref, cur in rows if ref is not None)
+        )
+        return sum(results)
+
+    async def _ask(self, referral_id: str, reference: str, current: str | None) -> bool:
+        """Ask about one delivery; publish its status if it changed. True if published."""
         assert isinstance(self.connector, PollsStatus)
-        for referral_id, reference, current in rows:
-            if self._stopping.is_set():
-                break
-            if reference is None:
-                continue
-            try:
-                report = await self.connector.status_of(reference)
-            except DeliveryError as exc:
-                self.metrics.status_polls.labels(self.agency, exc.error_class).inc()
-                continue
-            self.metrics.status_polls.labels(self.agency, "ok").inc()
-            if report is None or report.status.value == current:
-                self._published.pop(referral_id, None)
-                continue
-            sent = self._published.get(referral_id)
-            if (
-                sent
-                and sent[0] == report.status.value
-                and time.monotonic() - sent[1] < self.republish_s
-            ):
-                continue  # already on the bus; the projector has not applied it yet
-            event = StatusChanged(
-                referral_id=referral_id,
-                agency=self.agency,
-                status=report.status,
-                reference=report.reference,
-                occurred_at=datetime.now(UTC),
-            )
-            await self.publisher.publish(
-                encode(TOPIC_STATUS, STATUS_CHANGED, event, key=referral_id)
-            )
-            self._published[referral_id] = (report.status.value, time.monotonic())
-            changed += 1
-        return changed
+        try:
+            report = await self.connector.status_of(reference)
+        except DeliveryError as exc:
+            self.metrics.status_polls.labels(self.agency, exc.error_class).inc()
+            return False
+        self.metrics.status_polls.labels(self.agency, "ok").inc()
+        if report is None or report.status.value == current:
+            self._published.pop(referral_id, None)
+            return False
+        sent = self._published.get(referral_id)
+        if (
+            sent
+            and sent[0] == report.status.value
+            and time.monotonic() - sent[1] < self.republish_s
+        ):
+            return False  # already on the bus; the projector has not applied it yet
+        event = StatusChanged(
+            referral_id=referral_id,
+            agency=self.agency,
+            status=report.status,
+            reference=report.reference,
+            occurred_at=datetime.now(UTC),
+        )
+        await self.publisher.publish(encode(TOPIC_STATUS, STATUS_CHANGED, event, key=referral_id))
+        self._published[referral_id] = (report.status.value, time.monotonic())
+        return True

@@ -4,6 +4,10 @@ them sent once the broker has acknowledged them (acks=all).
 If the broker is down the relay waits and tries again; nothing is dropped. It also watches
 the broker: when the hub's topics disappear (the embedded broker restarted and lost
 everything) it re-creates them and re-drives every referral that is not yet terminal.
+
+Any number of relays (one per ``serve``) share one database: each claims the rows it
+publishes, and the jobs that must happen once (recovery after a broker data loss, the
+stale-delivery sweep) are taken under a lease (``hub/leases.py``).
 """
 
 from __future__ import annotations
@@ -12,20 +16,26 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from hub.bus import HUB_TOPICS, MARKER_TOPIC, KafkaPublisher, ensure_topics, list_topics
-from hub.db import Database, OutboxRow, TimelineRow
+from hub.db import OUTBOX_CHANNEL, Database, OutboxRow, TimelineRow
 from hub.errors import BrokerError
 from hub.events import OutgoingRecord
+from hub.leases import Leases
 from hub.logs import get_logger
 from hub.metrics import HubMetrics
 from hub.outbox import redrive_stale, redrive_unfinished
 from schemas.events import REFERRAL_SUBMITTED
 
 log = get_logger(__name__)
+
+RECOVERY_LEASE = "broker-recovery"
+STALE_SWEEP_LEASE = "stale-sweep"
 
 
 class Relay:
@@ -44,6 +54,8 @@ class Relay:
         on_data_loss: Callable[[], Awaitable[None]] | None = None,
         stale_after_s: float | None = None,
         stale_check_s: float = 15.0,
+        claim_s: float = 30.0,
+        leases: Leases | None = None,
     ) -> None:
         self.db = db
         self.publisher = publisher
@@ -58,6 +70,12 @@ class Relay:
         self.stale_after_s = stale_after_s
         self.stale_check_s = stale_check_s
         self._last_stale_check = time.monotonic()
+        self.claim_s = claim_s
+        self.leases = leases or Leases(db)
+        self.holder = self.leases.holder
+        self._backlog = 0
+        self._last_backlog_count = 0.0
+        self._recovery_generation: int | None = None
         self.wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._last_topic_check = 0.0
@@ -67,21 +85,60 @@ class Relay:
         self.wakeup.set()
 
     async def run(self) -> None:
+        listener = (
+            asyncio.create_task(self._listen(), name="relay-listen") if self.db.postgres else None
+        )
+        # With NOTIFY waking it, a PostgreSQL relay polls only as a safety net.
+        poll_s = max(self.poll_s, 1.0) if listener is not None else self.poll_s
         backoff = 0.2
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._maybe_check_topics()
+                    await self._maybe_redrive_stale()
+                    sent = await self.publish_pending()
+                    backoff = 0.2
+                except BrokerError as exc:
+                    log.warning("relay cannot reach the broker", error=str(exc), retry_in_s=backoff)
+                    self._last_topic_check = 0.0  # check the marker before the next publish
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                except (SQLAlchemyError, OSError) as exc:
+                    log.warning(
+                        "relay cannot reach the database",
+                        error=type(exc).__name__,
+                        retry_in_s=backoff,
+                    )
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                if sent < self.batch:
+                    await self._sleep(poll_s)
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await listener
+
+    async def _listen(self) -> None:
+        """PostgreSQL: LISTEN on the outbox channel, so a row committed by any ``serve``
+        wakes this relay at once; reconnects after the database comes back."""
         while not self._stopping.is_set():
             try:
-                await self._maybe_check_topics()
-                await self._maybe_redrive_stale()
-                sent = await self.publish_pending()
-                backoff = 0.2
-            except BrokerError as exc:
-                log.warning("relay cannot reach the broker", error=str(exc), retry_in_s=backoff)
-                self._last_topic_check = 0.0  # check the marker before the next publish
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            if sent < self.batch:
-                await self._sleep(self.poll_s)
+                async with self.db.engine.connect() as connection:
+                    raw = await connection.get_raw_connection()
+                    driver: Any = raw.driver_connection
+                    await driver.add_listener(OUTBOX_CHANNEL, lambda *_: self.wakeup.set())
+                    self.wakeup.set()  # anything committed while not listening
+                    while not driver.is_closed() and not self._stopping.is_set():
+                        await asyncio.sleep(2.0)
+                        await driver.execute("SELECT 1")  # notices a dead server
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("relay lost its LISTEN connection", error=type(exc).__name__)
+            await asyncio.sleep(1.0)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -89,24 +146,14 @@ class Relay:
         self.wakeup.clear()
 
     async def publish_pending(self) -> int:
-        """Publish one batch of unsent records; returns how many were sent."""
-        async with self.db.sessions() as session:
-            rows = (
-                (
-                    await session.execute(
-                        select(OutboxRow)
-                        .where(OutboxRow.sent_at.is_(None))
-                        .order_by(OutboxRow.id)
-                        .limit(self.batch)
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            backlog = await session.scalar(
-                select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None))
-            )
-        self.metrics.outbox_backlog.set(backlog or 0)
+        """Claim, publish and mark one batch of unsent records; returns how many were sent.
+
+        The claim is one UPDATE … RETURNING over the oldest unclaimed rows (on PostgreSQL
+        their selection is ``FOR UPDATE SKIP LOCKED``, so concurrent relays take disjoint
+        rows without waiting; SQLite's single writer serialises the statement). A claim
+        lapses after ``claim_s``, so rows claimed by a relay that died are taken over."""
+        await self._maybe_count_backlog()
+        rows = await self._claim()
         if not rows:
             return 0
         records = [
@@ -118,28 +165,96 @@ class Relay:
             )
             for row in rows
         ]
-        await self.publisher.publish_many(records)
+        ids = [row.id for row in rows]
+        try:
+            await self.publisher.publish_many(records)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._unclaim(ids)
+            raise
         now = datetime.now(UTC)
         async with self.db.transaction() as session:
             await session.execute(
                 update(OutboxRow)
-                .where(OutboxRow.id.in_([row.id for row in rows]))
-                .values(sent_at=now, publish_count=OutboxRow.publish_count + 1)
-            )
-            session.add_all(
-                TimelineRow(
-                    referral_id=row.referral_id,
-                    at=now,
-                    kind="published",
-                    detail="referral event on the bus",
+                .where(OutboxRow.id.in_(ids), OutboxRow.claimed_by == self.holder)
+                .values(
+                    sent_at=now,
+                    publish_count=OutboxRow.publish_count + 1,
+                    claimed_by=None,
+                    claimed_until=None,
                 )
+                .execution_options(synchronize_session=False)
+            )
+            timeline = [
+                {
+                    "referral_id": row.referral_id,
+                    "at": now,
+                    "kind": "published",
+                    "detail": "referral event on the bus",
+                }
                 for row in rows
                 if row.event_type == REFERRAL_SUBMITTED
-            )
+            ]
+            if timeline:
+                await session.execute(insert(TimelineRow), timeline)
         for row in rows:
             self.metrics.relay_published.labels(row.topic).inc()
-        self.metrics.outbox_backlog.set(max((backlog or 0) - len(rows), 0))
+        self._backlog = max(self._backlog - len(rows), 0)
+        self.metrics.outbox_backlog.set(self._backlog)
         return len(rows)
+
+    async def _claim(self) -> list[Any]:
+        now = datetime.now(UTC)
+        oldest = (
+            select(OutboxRow.id)
+            .where(
+                OutboxRow.sent_at.is_(None),
+                or_(OutboxRow.claimed_until.is_(None), OutboxRow.claimed_until < now),
+            )
+            .order_by(OutboxRow.id)
+            .limit(self.batch)
+            .with_for_update(skip_locked=True)
+        )
+        async with self.db.transaction() as session:
+            claimed = await session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id.in_(oldest.scalar_subquery()))
+                .values(claimed_by=self.holder, claimed_until=now + timedelta(seconds=self.claim_s))
+                .returning(
+                    OutboxRow.id,
+                    OutboxRow.topic,
+                    OutboxRow.key,
+                    OutboxRow.headers,
+                    OutboxRow.value,
+                    OutboxRow.event_type,
+                    OutboxRow.referral_id,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            rows = list(claimed.all())
+        rows.sort(key=lambda row: row.id)  # RETURNING order is not guaranteed
+        return rows
+
+    async def _unclaim(self, ids: list[int]) -> None:
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id.in_(ids), OutboxRow.claimed_by == self.holder)
+                .values(claimed_by=None, claimed_until=None)
+                .execution_options(synchronize_session=False)
+            )
+
+    async def _maybe_count_backlog(self) -> None:
+        """The backlog gauge, counted at most once a second (a count is a scan)."""
+        if time.monotonic() - self._last_backlog_count < 1.0:
+            return
+        self._last_backlog_count = time.monotonic()
+        async with self.db.sessions() as session:
+            backlog = await session.scalar(
+                select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None))
+            )
+        self._backlog = int(backlog or 0)
+        self.metrics.outbox_backlog.set(self._backlog)
 
     async def _maybe_redrive_stale(self) -> None:
         if self.stale_after_s is None:
@@ -147,6 +262,8 @@ class Relay:
         if time.monotonic() - self._last_stale_check < self.stale_check_s:
             return
         self._last_stale_check = time.monotonic()
+        if not await self.leases.acquire(STALE_SWEEP_LEASE, ttl_s=self.stale_check_s * 2):
+            return  # another relay sweeps
         requeued = await redrive_stale(self.db, self.stale_after_s)
         if requeued:
             self.metrics.redriven_stale.inc(requeued)
@@ -159,10 +276,33 @@ class Relay:
         # Producers auto-create topics they write to, so the hub's own topics reappearing
         # proves nothing; the marker topic is never written, so only the hub re-creates it.
         if MARKER_TOPIC in await list_topics(self.bootstrap):
+            await self._follow_recovery()
             return
-        log.warning("broker lost its data (marker topic gone); re-creating and re-driving")
-        await ensure_topics(self.bootstrap, self.topics, self.partitions)
-        requeued = await redrive_unfinished(self.db)
-        log.info("re-drive queued", records=requeued)
+        # A new broker, or one that lost its data. One relay recovers (whichever holds the
+        # lease); it checks again under the lease, since another may just have finished.
+        if not await self.leases.acquire(RECOVERY_LEASE, ttl_s=60.0):
+            return
+        try:
+            if MARKER_TOPIC in await list_topics(self.bootstrap):
+                return
+            log.warning("broker has no marker topic (new or lost its data); re-driving")
+            await ensure_topics(self.bootstrap, self.topics, self.partitions)
+            requeued = await redrive_unfinished(self.db)
+            log.info("re-drive queued", records=requeued)
+            self._recovery_generation = await self.leases.bump(RECOVERY_LEASE)
+        finally:
+            await self.leases.release(RECOVERY_LEASE)
         if self.on_data_loss is not None:
             await self.on_data_loss()
+
+    async def _follow_recovery(self) -> None:
+        """Another process recovered from a broker data loss: rewind this one's consumers."""
+        generation = await self.leases.generation(RECOVERY_LEASE)
+        if self._recovery_generation is None:
+            self._recovery_generation = generation  # what had happened before this start
+            return
+        if generation != self._recovery_generation:
+            self._recovery_generation = generation
+            log.warning("another relay recovered from a broker data loss; rewinding")
+            if self.on_data_loss is not None:
+                await self.on_data_loss()

@@ -22,17 +22,18 @@ from hub.bus import HUB_TOPICS, MARKER_TOPIC, KafkaPublisher, ensure_topics, mak
 from hub.connector_runner import ConnectorRunner, DrainOnRevoke
 from hub.db import Database
 from hub.errors import BrokerError, ConfigurationError
-from hub.factory import build_connector
+from hub.factory import CONNECTOR_CLASSES, build_connector
+from hub.leases import Leases
 from hub.logs import get_logger
 from hub.mapping import Mapping, load_mapping
 from hub.metrics import HubMetrics
-from hub.outbox import redrive_unfinished
 from hub.poller import StatusPoller
 from hub.projector import Projector
 from hub.registry import Registry
 from hub.relay import Relay
 from hub.retry_topics import connector_topics
 from hub.sandboxes import Sandboxes, start_sandboxes
+from hub.schema import ensure_schema
 from hub.servers import RunningServer, start_server
 from hub.settings import AgencyConnection, Settings
 from schemas.events import TOPIC_DELIVERIES, TOPIC_REFERRALS, TOPIC_STATUS
@@ -141,17 +142,18 @@ class Hub:
         return self.api.url
 
     async def start(self) -> None:
-        await self.db.create_all()
+        await self._check_database()
         try:
+            # Not the marker topic: the relay creates it when it finds the broker new or
+            # emptied, and re-drives what is unfinished then (hub/relay.py).
             await ensure_topics(
-                self.bootstrap, self.topics, self.settings.topic_partitions, timeout_s=10
+                self.bootstrap,
+                [t for t in self.topics if t != MARKER_TOPIC],
+                self.settings.topic_partitions,
+                timeout_s=10,
             )
         except BrokerError as exc:
             log.warning("broker not reachable at start; will keep trying", error=str(exc))
-        if self.run_relay:  # only the process that owns the outbox re-drives it
-            requeued = await redrive_unfinished(self.db)
-            if requeued:
-                log.info("re-driving unfinished referrals", records=requeued)
         if self.serve_api:
             state = HubState(
                 self.settings,
@@ -196,9 +198,33 @@ class Hub:
                 ),
             )
 
+    async def _check_database(self) -> None:
+        """A process that uses the database needs this release's schema: development
+        migrates it (only ``serve``: workers do not race it), production refuses to start.
+        An unreachable or misconfigured database is one clear line, not a traceback."""
+        needs_db = self.serve_api or self.run_relay or self.run_projector or self._polls
+        if not needs_db:
+            return
+        migrate = self.settings.environment == "development" and self.run_relay
+        await ensure_schema(self.db, migrate=migrate)
+
+    @property
+    def _polls(self) -> bool:
+        """Connectors that poll their agency keep the open deliveries in the database."""
+        return any(
+            issubclass(CONNECTOR_CLASSES.get(self.registry.agencies[a].family, object), PollsStatus)
+            for a in self.connector_ids
+            if a in self.registry.agencies
+        )
+
     async def _poll(self, connector: Connector) -> None:
         poller = StatusPoller(
-            self.db, connector, self.publisher, self.metrics, interval_s=self.settings.status_poll_s
+            self.db,
+            connector,
+            self.publisher,
+            self.metrics,
+            interval_s=self.settings.status_poll_s,
+            leases=Leases(self.db),
         )
         self.pollers.append(poller)
         await connector.start()
@@ -408,13 +434,11 @@ class Embedded:
         self.settings.var_dir.mkdir(parents=True, exist_ok=True)
         await self.broker.astart()
         await ensure_topics(
-            self.broker.bootstrap_servers,
-            (*HUB_TOPICS, MARKER_TOPIC),
-            self.settings.topic_partitions,
+            self.broker.bootstrap_servers, HUB_TOPICS, self.settings.topic_partitions
         )
         registry = Registry.load(self.settings.registry_dir)
         db = Database(self.settings.database)
-        await db.create_all()
+        await ensure_schema(db, migrate=True)
         self.credentials = await ensure_dev_credentials(
             db, registry, self.settings.var_dir / "dev-credentials.json"
         )

@@ -111,6 +111,7 @@ async def push_status(
             TOPIC_STATUS, STATUS_CHANGED, event, key=body.referral_id, event_id=event_id
         )
         add_outbox(session, record, event_id, STATUS_CHANGED, body.referral_id)
+        await state.db.notify_outbox(session)
     state.wake_relay()
     return StatusAccepted(event_id=event_id)
 

@@ -7,10 +7,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.api import agencies, health, ops, referrals
 from hub.api.deps import HubState
+from hub.logs import get_logger
+
+log = get_logger(__name__)
+
+DATABASE_RETRY_AFTER_S = 5
 
 
 class BodySizeLimit:
@@ -100,6 +106,20 @@ def create_app(state: HubState) -> FastAPI:
         else:
             state.metrics.intake_rejected.labels("invalid").inc()
         return JSONResponse({"detail": _safe_errors(exc)}, status_code=422)
+
+    @app.exception_handler(SQLAlchemyError)
+    @app.exception_handler(OSError)
+    async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        """The database is down or overloaded: nothing was accepted, try again (a retried
+        POST with the same Idempotency-Key is safe). No driver message: it could quote
+        a statement's values."""
+        log.warning("request failed: database unavailable", error=type(exc).__name__)
+        state.metrics.intake_rejected.labels("database_unavailable").inc()
+        return JSONResponse(
+            {"detail": "the database is unavailable; try again shortly"},
+            status_code=503,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+        )
 
     app.add_middleware(BodySizeLimit, limit=state.settings.max_body_bytes)
     return app

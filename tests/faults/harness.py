@@ -25,13 +25,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from tests.databases import POSTGRES, fresh_database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -72,10 +74,12 @@ class Ports:
     employment: int
     grocery: int
     municipal: int
+    api2: int = 0
+    """A second ``serve``'s API (the several-serves scenario)."""
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*free_ports(6))
+        return cls(*free_ports(7))
 
     def sandbox_url(self, agency: str) -> str:
         """Where an agency's ``/_sandbox/*`` routes are (municipalities: their own prefix)."""
@@ -153,6 +157,8 @@ class HubProcess:
         self.ports = ports
         self.log_dir = log_dir
         self.extra_env = extra_env or {}
+        # PostgreSQL under `make test-postgres` (one fresh database per hub), else SQLite.
+        self.database_url = fresh_database_url(var_dir) if POSTGRES else ""
         self.process: subprocess.Popen[bytes] | None = None
         self.generation = 0
         self.started_at = 0.0
@@ -181,6 +187,8 @@ class HubProcess:
             LOG_LEVEL=os.environ.get("FAULTS_LOG_LEVEL", "WARNING"),
             PYTHONUNBUFFERED="1",
         )
+        if self.database_url:
+            env["DATABASE_URL"] = self.database_url
         env.update(self.extra_env)
         return env
 
@@ -382,7 +390,13 @@ class Client:
         await self.session.close()
 
     async def submit(
-        self, key: str, seed: int, *, deadline_s: float = 120.0, programmes: list[str] | None = None
+        self,
+        key: str,
+        seed: int,
+        *,
+        deadline_s: float = 120.0,
+        programmes: list[str] | None = None,
+        api_url: str | None = None,
     ) -> Submitted:
         """POST one referral; on a connection error or 5xx try again with the SAME key (what a
         careful client does) until a 202 or the deadline."""
@@ -396,7 +410,7 @@ class Client:
             attempts += 1
             try:
                 async with self.session.post(
-                    f"{self.hub.api_url}/v1/referrals", json=body, headers=headers
+                    f"{api_url or self.hub.api_url}/v1/referrals", json=body, headers=headers
                 ) as response:
                     answer = str(response.status)
                     payload = await response.json() if response.status == 202 else None
@@ -415,12 +429,22 @@ class Client:
             await asyncio.sleep(0.25)
 
     async def submit_many(
-        self, prefix: str, count: int, *, rate_per_s: float, seed0: int = 0
+        self,
+        prefix: str,
+        count: int,
+        *,
+        rate_per_s: float,
+        seed0: int = 0,
+        api_urls: Sequence[str] = (),
     ) -> list[Submitted]:
-        """Submit ``count`` referrals at about ``rate_per_s``, each retried independently."""
+        """Submit ``count`` referrals at about ``rate_per_s``, each retried independently;
+        in turn to each of ``api_urls`` when given (several ``serve`` processes)."""
         tasks = []
         for i in range(count):
-            tasks.append(asyncio.create_task(self.submit(f"{prefix}-{i:04d}", seed0 + i)))
+            url = api_urls[i % len(api_urls)] if api_urls else None
+            tasks.append(
+                asyncio.create_task(self.submit(f"{prefix}-{i:04d}", seed0 + i, api_url=url))
+            )
             await asyncio.sleep(1 / rate_per_s)
         return list(await asyncio.gather(*tasks))
 

@@ -18,6 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.databases import POSTGRES, fresh_database_url
 from tests.faults.harness import DIASYNDESI, ROOT, Ports, ReplacementBroker, pid_alive
 
 AGENCY_IDS = (
@@ -119,15 +120,22 @@ class Service:
 class SplitHub:
     """External broker + serve + sandbox + workers on one VAR_DIR (shared SQLite file)."""
 
-    def __init__(self, var_dir: Path, ports: Ports, log_dir: Path) -> None:
+    def __init__(self, var_dir: Path, ports: Ports, log_dir: Path, serves: int = 1) -> None:
         self.var_dir = var_dir
         self.ports = ports
         self.log_dir = log_dir
+        # PostgreSQL under `make test-postgres`, else the shared SQLite file under VAR_DIR.
+        self.database_url = fresh_database_url(var_dir) if POSTGRES else ""
         self.broker = ReplacementBroker(ports.broker)
         self.secrets = {agency: secrets.token_urlsafe(24) for agency in AGENCY_IDS}
         self.secrets["kozani-social-service"] = _webhook_secret()
         self.secrets["karpenisi-social-service"] = _webhook_secret()
         self.serve = Service("serve", ["serve"], self.env(), log_dir, "Diasyndesi API ready")
+        self.serves = [self.serve]
+        if serves > 1:
+            assert serves == 2 and ports.api2, "a second serve needs Ports.api2"
+            env = {**self.env(), "API_PORT": str(ports.api2)}
+            self.serves.append(Service("serve2", ["serve"], env, log_dir, "Diasyndesi API ready"))
         self.sandbox = Service("sandbox", ["sandbox"], self.env(), log_dir, "sandbox agencies:")
         self.workers: list[Service] = []
 
@@ -158,6 +166,8 @@ class SplitHub:
             LOG_LEVEL="WARNING",
             PYTHONUNBUFFERED="1",
         )
+        if self.database_url:
+            env["DATABASE_URL"] = self.database_url
         for agency in AGENCY_IDS:
             key = f"AGENCIES__{agency.upper().replace('-', '_')}"
             env[f"{key}__SECRET"] = self.secrets[agency]
@@ -171,7 +181,8 @@ class SplitHub:
         """Broker, then serve (writes the dev credentials), then the sandboxes (which need
         the agencies' tokens to push statuses), then the workers."""
         self.broker.start()
-        self.serve.start()
+        for serve in self.serves:
+            serve.start()
         self.sandbox.start()
         for _ in range(workers):
             self.add_worker()
@@ -189,7 +200,7 @@ class SplitHub:
         return worker
 
     def stop(self) -> None:
-        for service in (*self.workers, self.serve, self.sandbox):
+        for service in (*self.workers, *self.serves, self.sandbox):
             service.terminate(timeout_s=20)
         self.broker.stop()
 
@@ -201,7 +212,7 @@ class SplitHub:
 
     def stderr_lines(self, *needles: str) -> list[str]:
         found = []
-        for service in (self.serve, self.sandbox, *self.workers):
+        for service in (*self.serves, self.sandbox, *self.workers):
             for generation in range(1, service.generation + 1):
                 path = service.log("stderr", generation)
                 if path.exists():
@@ -211,7 +222,7 @@ class SplitHub:
         return found
 
     def alive(self) -> list[str]:
-        return [s.name for s in (self.serve, self.sandbox, *self.workers) if pid_alive(s.pid)]
+        return [s.name for s in (*self.serves, self.sandbox, *self.workers) if pid_alive(s.pid)]
 
 
 def _webhook_secret() -> str:

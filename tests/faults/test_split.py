@@ -75,3 +75,33 @@ async def test_h_workers_join_leave_and_one_is_sigkilled_mid_call(split: SplitHu
         assert late and late_delivered == sum(len(s.routed) for s in late)
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def two_serves(tmp_path: Path) -> AsyncIterator[SplitHub]:
+    hub = SplitHub(tmp_path / "var", Ports.free(), tmp_path / "logs", serves=2)
+    try:
+        await asyncio.to_thread(hub.start, 2)
+        yield hub
+    finally:
+        await asyncio.to_thread(hub.stop)
+
+
+async def test_i_two_serves_and_two_workers_send_nothing_twice(two_serves: SplitHub) -> None:
+    """Issue 8: two ``serve`` (two relays, two projectors) and two workers for every agency
+    on one database: 300 four-agency referrals submitted in turn to both APIs reach every
+    agency exactly once. Not absorbed by the agencies' idempotency: never sent twice."""
+    client = Client(two_serves)  # type: ignore[arg-type]
+    try:
+        urls = [two_serves.api_url, f"http://127.0.0.1:{two_serves.ports.api2}"]
+        await client.submit_many("two", 300, rate_per_s=30, api_urls=urls)
+        report = await drain_and_reconcile(
+            "i: two serve + two workers per agency", client, timeout_s=180
+        )
+        report.extra = f"alive={two_serves.alive()}"
+        check(report, two_serves)  # type: ignore[arg-type]
+        assert report.pairs == 1200
+        assert report.duplicates_absorbed == 0, "an agency was sent a referral twice"
+        assert sorted(two_serves.alive()) == ["sandbox", "serve", "serve2", "worker1", "worker2"]
+    finally:
+        await client.close()

@@ -17,6 +17,7 @@ from connectors.base import KEEPALIVE_S
 from hub.broker import free_port
 from hub.runtime import Embedded, Hub
 from hub.settings import ConsumerSettings, RetrySettings, Settings
+from tests.databases import fresh_database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def make_settings(var_dir: Path) -> Settings:
     return Settings(
         var_dir=var_dir,
+        database_url=fresh_database_url(var_dir),
         registry_dir=ROOT / "registry",
         mappings_dir=ROOT / "mappings",
         api_port=free_port(),

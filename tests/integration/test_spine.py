@@ -49,7 +49,10 @@ async def test_referral_is_delivered_once_mapped_and_its_status_comes_back(stack
         event_id = (
             (
                 await session.execute(
-                    OutboxRow.__table__.select().where(OutboxRow.referral_id == answer["id"])
+                    OutboxRow.__table__.select().where(
+                        OutboxRow.referral_id == answer["id"],
+                        OutboxRow.event_type == "gr.kk.referral.submitted.v1",
+                    )
                 )
             )
             .first()

@@ -30,8 +30,10 @@ from hub.outbox import redrive_unfinished
 from hub.registry import Registry
 from hub.retry_topics import H_REDRIVE_FOR
 from hub.samples import make_amka, sample_referral
+from hub.schema import upgrade
 from hub.settings import Settings
 from schemas.events import REFERRAL_SUBMITTED, STATUS_CHANGED
+from tests.databases import fresh_database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,9 +70,13 @@ class Env:
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    settings = Settings(var_dir=tmp_path, registry_dir=ROOT / "registry")
+    settings = Settings(
+        var_dir=tmp_path,
+        registry_dir=ROOT / "registry",
+        database_url=fresh_database_url(tmp_path),
+    )
     db = Database(settings.database)
-    await db.create_all()
+    await upgrade(db)
     registry = Registry.load(settings.registry_dir)
     creds = await ensure_dev_credentials(db, registry, tmp_path / "dev-credentials.json")
     metrics = HubMetrics()
@@ -492,3 +498,22 @@ async def test_an_older_or_repeated_status_never_overwrites_a_newer_one(env: Env
     assert await shown() == ("accepted", ["received", "accepted"])
     await push(EnrollmentStatus.ENROLLED, t0 + timedelta(seconds=2))
     assert await shown() == ("enrolled", ["received", "accepted", "enrolled"])
+
+
+async def test_an_unreachable_database_is_a_503_with_retry_after(tmp_path: Path) -> None:
+    settings = Settings(var_dir=tmp_path, registry_dir=ROOT / "registry")
+    db = Database("postgresql+asyncpg://hub:pw@127.0.0.1:1/diasyndesi")
+    state = HubState(settings, db, Registry.load(settings.registry_dir), HubMetrics(), "x:1")
+    transport = httpx.ASGITransport(app=create_app(state))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
+            response = await client.post(
+                "/v1/referrals",
+                json=sample_referral(seed=3),
+                headers={"Authorization": "Bearer dsy_cen_x", "Idempotency-Key": "k"},
+            )
+    finally:
+        await db.dispose()
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json() == {"detail": "the database is unavailable; try again shortly"}

@@ -16,9 +16,11 @@ from hub.db import Database, DeliveryRow, ReferralRow
 from hub.events import decode
 from hub.metrics import HubMetrics
 from hub.poller import StatusPoller
+from hub.schema import upgrade
 from hub.settings import AgencyConnection
 from schemas.codes import EnrollmentStatus
 from schemas.events import StatusChanged
+from tests.databases import fresh_database_url
 
 REFERRAL = "00000000-0000-4000-8000-0000000000bb"
 
@@ -48,8 +50,8 @@ class Agency(Connector, PollsStatus):
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")
-    await database.create_all()
+    database = Database(fresh_database_url(tmp_path))
+    await upgrade(database)
     now = datetime.now(UTC)
     async with database.transaction() as session:
         session.add(

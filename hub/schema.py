@@ -1,0 +1,119 @@
+"""The database schema's version: Alembic revisions in ``hub/migrations``.
+
+Development migrates on start; production refuses to start on an unmigrated or older schema
+and names the command that fixes it (``diasyndesi db upgrade``), because a migration in
+production is a deliberate, separately run step (one process, before the new release).
+A database made by ``create_all`` before migrations existed (a development checkout's
+``var/``) holds exactly revision 0001's tables and is stamped as such, then upgraded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.resources import files
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, inspect, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from hub.db import Database
+from hub.errors import ConfigurationError
+
+UPGRADE_COMMAND = "diasyndesi db upgrade"
+LEGACY_REVISION = "0001"
+"""What a pre-migration ``create_all`` database is equal to."""
+
+
+class SchemaNotCurrent(ConfigurationError):
+    """The database is missing, unmigrated or older than this release."""
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    current: str | None
+    head: str
+    legacy: bool = False
+    """Tables exist but no Alembic version: made by ``create_all`` before migrations."""
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.head
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(files("hub") / "migrations"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _state(connection: Connection) -> SchemaState:
+    current = MigrationContext.configure(connection).get_current_revision()
+    legacy = current is None and inspect(connection).has_table("referrals")
+    return SchemaState(current, head_revision(), legacy)
+
+
+def _upgrade(connection: Connection) -> None:
+    config = alembic_config(connection)
+    if _state(connection).legacy:
+        command.stamp(config, LEGACY_REVISION)
+    command.upgrade(config, "head")
+
+
+async def schema_state(db: Database) -> SchemaState:
+    try:
+        async with db.engine.connect() as connection:
+            return await connection.run_sync(_state)
+    except (SQLAlchemyError, OSError) as exc:
+        raise _unreachable(db, exc) from None
+
+
+async def upgrade(db: Database) -> SchemaState:
+    """Bring the schema to this release's head; returns the state before. On PostgreSQL an
+    advisory lock makes concurrent upgrades (two processes starting) wait for each other."""
+    before = await schema_state(db)
+    try:
+        async with db.engine.begin() as connection:
+            if db.postgres:
+                await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": 2204})
+            await connection.run_sync(_upgrade)
+    except (SQLAlchemyError, OSError) as exc:
+        raise _unreachable(db, exc) from None
+    return before
+
+
+def _unreachable(db: Database, exc: BaseException) -> ConfigurationError:
+    """One line naming the database (password hidden) and the failure's class; the driver's
+    message is kept only for connection failures, where it carries no row data."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    reason = str(cause).splitlines()[0][:160] if str(cause) else ""
+    return ConfigurationError(
+        f"cannot use the database {db.display_url}: {type(cause).__name__}"
+        + (f" ({reason})" if reason else "")
+    )
+
+
+async def ensure_schema(db: Database, *, migrate: bool) -> None:
+    """Migrate (development) or refuse to run on a schema that is not this release's."""
+    if migrate:
+        await upgrade(db)
+        return
+    state = await schema_state(db)
+    if state.up_to_date:
+        return
+    if state.current is None:
+        found = "an unmigrated database"
+    else:
+        found = f"schema revision {state.current}"
+    raise SchemaNotCurrent(
+        f"{found}; this release needs revision {state.head}: run `{UPGRADE_COMMAND}`"
+    )

@@ -1,0 +1,154 @@
+"""The schema is Alembic's: migrations build exactly the models, a pre-migration database is
+adopted, production refuses an unmigrated or older schema, and the ``db`` commands give one
+clear line. Runs on SQLite and, under ``make test-postgres``, on PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, inspect, text
+from typer.testing import CliRunner
+
+from hub.cli import app
+from hub.db import Base, Database
+from hub.errors import ConfigurationError
+from hub.schema import (
+    SchemaNotCurrent,
+    alembic_config,
+    ensure_schema,
+    head_revision,
+    schema_state,
+    upgrade,
+)
+from tests.databases import POSTGRES, fresh_database_url
+
+
+def _diff(connection: Connection) -> list[object]:
+    return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))
+
+
+async def test_migrations_build_exactly_the_models(tmp_path: Path) -> None:
+    db = Database(fresh_database_url(tmp_path))
+    try:
+        await upgrade(db)
+        async with db.engine.connect() as connection:
+            assert await connection.run_sync(_diff) == []
+        state = await schema_state(db)
+        assert state.current == state.head == head_revision()
+    finally:
+        await db.dispose()
+
+
+async def test_every_migration_goes_down_and_up_again(tmp_path: Path) -> None:
+    db = Database(fresh_database_url(tmp_path))
+    try:
+        await upgrade(db)
+        async with db.engine.begin() as connection:
+            await connection.run_sync(lambda c: command.downgrade(alembic_config(c), "base"))
+        async with db.engine.connect() as connection:
+            tables = await connection.run_sync(lambda c: inspect(c).get_table_names())
+        assert set(tables) <= {"alembic_version"}
+        await upgrade(db)
+        assert (await schema_state(db)).up_to_date
+    finally:
+        await db.dispose()
+
+
+async def test_production_refuses_an_unmigrated_and_an_older_schema(tmp_path: Path) -> None:
+    db = Database(fresh_database_url(tmp_path))
+    try:
+        with pytest.raises(SchemaNotCurrent, match=r"unmigrated.*run `diasyndesi db upgrade`"):
+            await ensure_schema(db, migrate=False)
+        async with db.engine.begin() as connection:
+            await connection.run_sync(lambda c: command.upgrade(alembic_config(c), "0001"))
+        with pytest.raises(SchemaNotCurrent, match=r"revision 0001.*diasyndesi db upgrade"):
+            await ensure_schema(db, migrate=False)
+        await ensure_schema(db, migrate=True)  # development migrates
+        await ensure_schema(db, migrate=False)
+    finally:
+        await db.dispose()
+
+
+async def test_a_database_made_before_migrations_is_adopted_with_its_rows(tmp_path: Path) -> None:
+    db = Database(fresh_database_url(tmp_path))
+    try:
+        async with db.engine.begin() as connection:
+            await connection.run_sync(lambda c: command.upgrade(alembic_config(c), "0001"))
+            await connection.execute(text("DROP TABLE alembic_version"))
+            await connection.execute(
+                text(
+                    "INSERT INTO credentials (token_hash, kind, principal, created_at) "
+                    "VALUES ('abc', 'operator', 'op', CURRENT_TIMESTAMP)"
+                )
+            )
+        state = await schema_state(db)
+        assert state.legacy and state.current is None
+        await upgrade(db)
+        assert (await schema_state(db)).up_to_date
+        async with db.engine.connect() as connection:
+            assert (await connection.execute(text("SELECT principal FROM credentials"))).all() == [
+                ("op",)
+            ]
+    finally:
+        await db.dispose()
+
+
+async def test_an_unreachable_database_is_one_line_without_the_password() -> None:
+    db = Database("postgresql+asyncpg://hub:s3cret-pw@127.0.0.1:1/diasyndesi")
+    try:
+        with pytest.raises(ConfigurationError) as raised:
+            await ensure_schema(db, migrate=True)
+    finally:
+        await db.dispose()
+    message = str(raised.value)
+    assert "s3cret-pw" not in message
+    assert message.startswith("cannot use the database postgresql+asyncpg://hub:***@127.0.0.1:1")
+    assert "\n" not in message
+
+
+def test_a_malformed_database_url_is_refused_by_name() -> None:
+    with pytest.raises(ConfigurationError, match="DATABASE_URL is not a usable"):
+        Database("postgres://nobody@")
+    with pytest.raises(ConfigurationError, match="DATABASE_URL"):
+        Database("mysql+nodriver://x/y")
+
+
+def test_db_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = fresh_database_url(tmp_path)
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("VAR_DIR", str(tmp_path))
+    runner = CliRunner()
+    before = runner.invoke(app, ["db", "current"])
+    assert before.exit_code == 1
+    assert "revision none" in before.output
+    first = runner.invoke(app, ["db", "upgrade"])
+    assert first.exit_code == 0, first.output
+    assert f"upgraded from empty to revision {head_revision()}" in first.output
+    again = runner.invoke(app, ["db", "upgrade"])
+    assert "already at revision" in again.output
+    assert runner.invoke(app, ["db", "current"]).exit_code == 0
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://hub:pw-123@127.0.0.1:1/x")
+    failed = runner.invoke(app, ["db", "upgrade"])
+    assert failed.exit_code == 2
+    assert failed.output.count("\n") == 1, failed.output  # one line, no traceback
+    assert "pw-123" not in failed.output
+    assert "cannot use the database" in failed.output
+
+
+@pytest.mark.skipif(not POSTGRES, reason="PostgreSQL only: SQLite has no advisory locks")
+async def test_two_processes_upgrading_at_once_wait_for_each_other(tmp_path: Path) -> None:
+    import asyncio
+
+    url = fresh_database_url(tmp_path)
+    first, second = Database(url), Database(url)
+    try:
+        await asyncio.gather(upgrade(first), upgrade(second))
+        assert (await schema_state(first)).up_to_date
+    finally:
+        await first.dispose()
+        await second.dispose()
