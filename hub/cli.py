@@ -15,6 +15,7 @@ from hub.db import Database
 from hub.errors import DiasyndesiError
 from hub.logs import configure_logging
 from hub.settings import Settings
+from hub.tokens_cli import token_app
 
 app = typer.Typer(
     add_completion=False,
@@ -28,6 +29,7 @@ dlq_app = typer.Typer(
     help="Dead letters: list, show, replay (works on the database; a running hub publishes).",
 )
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(token_app, name="token")
 
 
 def _settings() -> Settings:

@@ -18,12 +18,13 @@ from hub.api import token_cache
 from hub.api.app import create_app
 from hub.api.deps import HubState
 from hub.api.token_cache import TokenCache
-from hub.auth import Credential, Principal, ensure_dev_credentials
+from hub.auth import Credential, Principal, ensure_dev_credentials, token_id_of
 from hub.db import Database, utcnow
 from hub.metrics import HubMetrics
 from hub.registry import Registry
 from hub.settings import Settings
 from hub.tokens import issue_token, revoke_token, rotate_token
+from tests.unit.test_tokens import acli
 
 ROOT = Path(__file__).resolve().parents[2]
 REFUSED = "unknown, expired or revoked token"
@@ -165,6 +166,26 @@ async def test_a_revocation_reaches_every_process_within_a_second(
     assert max(elapsed) < 1.0
     for serve in hubs:
         assert (await serve.get(other.token)).status_code == 200
+
+
+async def test_a_revocation_through_the_cli_reaches_both_apps(
+    hubs: list[Serve], tmp_path: Path
+) -> None:
+    result = await acli(tmp_path, "issue", "--agency", "dypa", "--expires", "1h")
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+    for serve in hubs:
+        assert (await serve.get(token)).status_code == 200
+        assert (await serve.get(token)).status_code == 200
+        assert serve.state.tokens.lookups == 1
+
+    token_id = token_id_of(token)
+    assert token_id is not None
+    revoked = await acli(tmp_path, "revoke", token_id)
+    assert revoked.exit_code == 0, revoked.output
+    returned = time.monotonic()  # committed before the command returned
+    elapsed = await asyncio.gather(*(wait_refused(s, token, returned, 1.0) for s in hubs))
+    assert max(elapsed) < 1.0
 
 
 async def test_rotation_without_grace_refuses_the_old_token_everywhere(

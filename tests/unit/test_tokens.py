@@ -1,8 +1,9 @@
-"""Tokens outside development: expiry parsing, issue/list/revoke/rotate as functions on a
-temporary SQLite file."""
+"""Tokens outside development: expiry parsing, issue/list/revoke/rotate as functions and
+through ``diasyndesi token`` (typer's CliRunner) on a temporary SQLite file."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner, Result
 
 from hub.auth import (
     authenticate,
@@ -18,6 +20,7 @@ from hub.auth import (
     hash_token,
     token_id_of,
 )
+from hub.cli import app
 from hub.db import CredentialRow, Database, utcnow
 from hub.registry import Registry
 from hub.tokens import (
@@ -208,3 +211,107 @@ async def test_dev_credentials_never_expire_but_only_development_accepts_them(
     assert renewed["centres"]["KK-KOZANI"] != token  # a revoked one is replaced
     assert renewed["centres"]["KK-FLORINA"] == creds["centres"]["KK-FLORINA"]
     assert await authenticate(db, renewed["centres"]["KK-KOZANI"], allow_unexpiring=True)
+
+
+# --- the command line -----------------------------------------------------------------
+
+
+def cli(tmp_path: Path, *args: str) -> Result:
+    """``diasyndesi token …`` against ``tmp_path/diasyndesi.db`` through DATABASE_URL."""
+    env = {
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'diasyndesi.db'}",
+        "VAR_DIR": str(tmp_path),
+        "REGISTRY_DIR": str(ROOT / "registry"),
+        "ENVIRONMENT": "production",
+    }
+    return CliRunner().invoke(app, ["token", *args], env=env)
+
+
+async def acli(tmp_path: Path, *args: str) -> Result:
+    """The same from an async test (the command runs its own event loop, so a thread)."""
+    return await asyncio.to_thread(cli, tmp_path, *args)
+
+
+def test_cli_issue_prints_the_token_once_on_stdout_and_list_never_shows_it(
+    tmp_path: Path,
+) -> None:
+    issued = cli(tmp_path, "issue", "--centre", "KK-KOZANI", "--expires", "90d", "--label", "app")
+    assert issued.exit_code == 0, issued.output
+    token = issued.stdout.strip()
+    assert token.startswith("dsy_cen_") and "\n" not in token
+    token_id = token_id_of(token)
+    assert token_id is not None
+    assert f"issued token {token_id} for centre KK-KOZANI" in issued.stderr
+    assert "Authorization: Bearer $TOKEN" in issued.stderr
+    assert token not in issued.stderr
+
+    assert cli(tmp_path, "issue", "--agency", "dypa", "--expires", "12h").exit_code == 0
+    assert cli(tmp_path, "issue", "--operator", "maria.k", "--expires", "30m").exit_code == 0
+
+    listed = cli(tmp_path, "list")
+    assert listed.exit_code == 0, listed.output
+    assert token not in listed.output and hash_token(token) not in listed.output
+    assert hash_token(token)[:16] not in listed.output
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == [
+        "ID", "KIND", "PRINCIPAL", "CREATED", "(UTC)", "EXPIRES", "(UTC)", "STATE", "NOTE"
+    ]  # fmt: skip
+    assert lines[1].split()[:3] == [token_id, "centre", "KK-KOZANI"]
+    assert lines[1].split()[-2:] == ["active", "app"]
+    assert "3 token(s)" in listed.stdout
+    only = cli(tmp_path, "list", "--agency", "dypa")
+    assert [line.split()[2] for line in only.stdout.splitlines()[1:-1]] == ["dypa"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["issue", "--centre", "KK-ATLANTIS"], "no centre 'KK-ATLANTIS' in the registry"),
+        (["issue", "--agency", "nasa"], "no agency 'nasa' in the registry"),
+        (["issue"], "give one of --centre, --agency or --operator"),
+        (["issue", "--centre", "KK-KOZANI", "--agency", "dypa"], "only one of"),
+        (["issue", "--centre", "KK-KOZANI", "--expires", "never"], "every token expires"),
+        (["issue", "--centre", "KK-KOZANI", "--expires", "2y"], "not a duration"),
+        (["revoke", "0000000000"], "no token with id '0000000000'"),
+        (["rotate", "0000000000", "--grace", "30d"], "longer than the maximum of 7d"),
+    ],
+)
+def test_cli_errors_are_clear_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    result = cli(tmp_path, *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+def states(listing: str) -> list[str]:
+    """The STATE column of ``token list``."""
+    header, *rows = listing.splitlines()[:-1]
+    at = header.index("STATE")
+    return [row[at : at + 7].strip() for row in rows]
+
+
+def test_cli_revoke_and_rotate(tmp_path: Path) -> None:
+    first = cli(tmp_path, "issue", "--agency", "opeka").stdout.strip()
+    first_id = token_id_of(first)
+    assert first_id is not None
+
+    rotated = cli(tmp_path, "rotate", first_id, "--expires", "30d", "--grace", "1h")
+    assert rotated.exit_code == 0, rotated.output
+    second = rotated.stdout.strip()
+    second_id = token_id_of(second)
+    assert second_id is not None and second_id != first_id
+    assert f"token {first_id} keeps working until" in rotated.stderr
+    listing = cli(tmp_path, "list").stdout
+    assert f"replaced by {second_id}" in listing
+    assert states(listing) == ["active", "active"]  # the old one within its grace period
+
+    revoked = cli(tmp_path, "revoke", first_id)
+    assert revoked.exit_code == 0 and f"revoked token {first_id} (agency opeka)" in revoked.stdout
+    again = cli(tmp_path, "revoke", first_id)
+    assert again.exit_code == 0 and "was already revoked" in again.stdout
+    assert states(cli(tmp_path, "list").stdout) == ["active"]
+    assert states(cli(tmp_path, "list", "--all").stdout) == ["revoked", "active"]
+
+    third = cli(tmp_path, "rotate", second_id)
+    assert third.exit_code == 0 and f"token {second_id} is revoked." in third.stderr
+    assert cli(tmp_path, "rotate", second_id).exit_code == 2  # a revoked token is not rotated
