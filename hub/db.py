@@ -141,10 +141,13 @@ class CredentialRow(Base):
     for development credentials only; the API refuses such tokens in production."""
 
     __tablename__ = "credentials"
-    __table_args__ = (Index("ix_credentials_principal", "kind", "principal"),)
+    __table_args__ = (
+        UniqueConstraint("token_id", name="uq_credentials_token_id"),
+        Index("ix_credentials_principal", "kind", "principal"),
+    )
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    token_id: Mapped[str] = mapped_column(String(16), unique=True)
+    token_id: Mapped[str] = mapped_column(String(16))
     kind: Mapped[str] = mapped_column(String(16))
     principal: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
