@@ -15,6 +15,7 @@ from hub.db import Database
 from hub.errors import DiasyndesiError
 from hub.logs import configure_logging
 from hub.settings import Settings
+from hub.tokens_cli import token_app
 
 app = typer.Typer(
     add_completion=False,
@@ -30,6 +31,7 @@ dlq_app = typer.Typer(
 app.add_typer(dlq_app, name="dlq")
 db_app = typer.Typer(no_args_is_help=True, help="The database schema (Alembic migrations).")
 app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
 
 
 def _settings() -> Settings:
@@ -263,19 +265,9 @@ def schemas_export(
 
 
 async def _open_db(settings: Settings) -> Database:
-    """The hub's database: migrated in development (a fresh checkout gets an empty one),
-    refused in production unless ``diasyndesi db upgrade`` has been run."""
-    from hub.schema import ensure_schema
+    from hub.schema import open_database
 
-    if not settings.database_url:
-        settings.var_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.database)
-    try:
-        await ensure_schema(db, migrate=settings.environment == "development")
-    except BaseException:
-        await db.dispose()
-        raise
-    return db
+    return await open_database(settings)
 
 
 @db_app.command("upgrade")

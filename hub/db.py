@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Date,
     DateTime,
     ForeignKey,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -27,7 +29,7 @@ from sqlalchemy import (
     make_url,
     text,
 )
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -143,14 +145,44 @@ class TimelineRow(Base):
 
 
 class CredentialRow(Base):
-    """A bearer token, stored only as its SHA-256 digest."""
+    """A bearer token, stored only as its SHA-256 digest. ``token_id`` is the short,
+    non-secret name listings and ``token revoke`` use. No expiry (``expires_at`` null) is
+    for development credentials only; the API refuses such tokens in production."""
 
     __tablename__ = "credentials"
+    __table_args__ = (
+        UniqueConstraint("token_id", name="uq_credentials_token_id"),
+        Index("ix_credentials_principal", "kind", "principal"),
+    )
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[str] = mapped_column(String(16))
     kind: Mapped[str] = mapped_column(String(16))
     principal: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    replaced_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    label: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class CredentialsVersionRow(Base):
+    """One row (id 1) whose ``version`` goes up in the same transaction as every change to
+    ``credentials``; each API process re-reads it at most every half second and drops its
+    token cache when it moved (docs/decisions/0010)."""
+
+    __tablename__ = "credentials_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(BigInteger)
+
+
+def _first_credentials_version(table: Table, connection: Connection, **_: Any) -> None:
+    """The one row exists from the start, so a change only ever updates it."""
+    connection.execute(table.insert().values(id=1, version=0))
+
+
+event.listen(CredentialsVersionRow.__table__, "after_create", _first_credentials_version)
 
 
 class ProcessedEventRow(Base):

@@ -11,7 +11,9 @@ the seam that meets them, so nothing above a connector or the bus sees a library
     ├── RoutingError              a referral no agency can take
     ├── PoisonRecord              (hub/events.py) a Kafka record that is not our CloudEvent
     ├── WebhookError              (hub/webhooks.py) a signed message refused, with a reason
-    └── ReplayError               (hub/dlq.py) a dead letter that cannot be replayed
+    ├── ReplayError               (hub/dlq.py) a dead letter that cannot be replayed
+    └── TokenError                (hub/tokens.py) a token command refused: unknown id or
+                                  principal, a lifetime that is not a duration or too long
 
 Messages never carry personal data: they name fields and classes, not values.
 """

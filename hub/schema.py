@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from hub.db import Database
 from hub.errors import ConfigurationError
+from hub.settings import Settings
 
 UPGRADE_COMMAND = "diasyndesi db upgrade"
 LEGACY_REVISION = "0001"
@@ -117,3 +118,18 @@ async def ensure_schema(db: Database, *, migrate: bool) -> None:
     raise SchemaNotCurrent(
         f"{found}; this release needs revision {state.head}: run `{UPGRADE_COMMAND}`"
     )
+
+
+async def open_database(settings: Settings) -> Database:
+    """The hub's database for a command (``dlq``, ``token``): migrated in development (a
+    fresh checkout gets an empty one under ``var/``), refused in production unless
+    ``diasyndesi db upgrade`` has been run."""
+    if not settings.database_url:
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database)
+    try:
+        await ensure_schema(db, migrate=settings.environment == "development")
+    except BaseException:
+        await db.dispose()
+        raise
+    return db

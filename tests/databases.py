@@ -37,3 +37,28 @@ async def _create(database: str) -> None:
         await connection.execute(f'CREATE DATABASE "{database}"')
     finally:
         await connection.close()
+
+
+_MIGRATED: dict[Path, str] = {}
+
+
+def migrated_database_url(folder: Path) -> str:
+    """The same database for every call with ``folder``, migrated to this release's schema
+    on the first (for commands run several times against one database)."""
+    if folder not in _MIGRATED:
+        url = fresh_database_url(folder)
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, _upgrade(url)).result()
+        _MIGRATED[folder] = url
+    return _MIGRATED[folder]
+
+
+async def _upgrade(url: str) -> None:
+    from hub.db import Database
+    from hub.schema import upgrade
+
+    db = Database(url)
+    try:
+        await upgrade(db)
+    finally:
+        await db.dispose()

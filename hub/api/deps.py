@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request, status
 
-from hub.auth import Principal, authenticate
+from hub.api.token_cache import TokenCache
+from hub.auth import Principal
 from hub.db import Database
 from hub.metrics import HubMetrics
 from hub.registry import Registry
@@ -26,22 +26,20 @@ class HubState:
     metrics: HubMetrics
     bootstrap: str
     wake_relay: Callable[[], None] = field(default=lambda: None)
-    token_cache_s: float = 30.0
-    _principals: dict[str, tuple[Principal, float]] = field(default_factory=dict)
+    token_check_s: float = 0.5
+    tokens: TokenCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = TokenCache(
+            self.db,
+            allow_unexpiring=self.settings.environment == "development",
+            check_every_s=self.token_check_s,
+        )
 
     async def principal_for(self, token: str) -> Principal | None:
-        """Token → principal, cached briefly so a polling client costs no query per call;
-        a revoked token stops working within ``token_cache_s``."""
-        now = time.monotonic()
-        cached = self._principals.get(token)
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        principal = await authenticate(self.db, token)
-        if principal is not None:
-            if len(self._principals) > 10_000:
-                self._principals.clear()
-            self._principals[token] = (principal, now + self.token_cache_s)
-        return principal
+        """Token → principal without a query per request; a token revoked by any process
+        stops working here within a second (``hub/api/token_cache.py``)."""
+        return await self.tokens.principal_for(token)
 
 
 def get_state(request: Request) -> HubState:
@@ -64,7 +62,7 @@ async def get_principal(
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
-            "unknown or revoked token",
+            "unknown, expired or revoked token",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
     return principal
