@@ -46,8 +46,8 @@ format: venv
 schemas: venv
 	$(BIN)/diasyndesi schemas export
 
-bench: venv ## median and p95 POST→delivered over 200 referrals
-	$(BIN)/diasyndesi bench --count 200
+bench: venv ## the hub as `make run` starts it against a bare pipeline, in one run (~2 min)
+	$(BIN)/diasyndesi bench
 
 lock: venv ## re-resolve requirements.lock from pyproject.toml
 	$(BIN)/python -m pip install --quiet uv

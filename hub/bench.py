@@ -1,35 +1,55 @@
-"""``diasyndesi bench``: time from ``POST /v1/referrals`` to ``delivery: delivered``.
+"""``diasyndesi bench``: the hub as ``make run`` starts it, against a bare baseline measured
+in the same run.
 
-Starts a private embedded hub (own broker, own SQLite file, own sandbox, free ports),
-submits referrals with a bounded number in flight and reports the median and p95, both as
-the client sees it (polling the referral every 20 ms) and as the read model records it
-(created_at → delivered_at). The baseline, measured in the same run, is one direct call
-from the same connector code to the same sandbox: the ratio is the hub's whole overhead
-(outbox, relay, Kafka, consumer, mapping, outcome event, projector).
+- **Hub**: ``diasyndesi up`` in a child process tree (own VAR_DIR, own ports), the sandboxes
+  pushing statuses as they do by default. Four-agency referrals (KK-KOZANI: GMI +
+  UNEMPLOYMENT_REGISTRATION + SOCIAL_GROCERY + HELP_AT_HOME). A referral is done when the
+  four ``delivery.succeeded`` outcomes are on ``kk.deliveries.v1`` (read from Kafka, the
+  integration surface, rather than by polling the API, which would load what it measures);
+  afterwards the read model must show every pair delivered.
+  * closed loop: ``--in-flight`` referrals at a time for ``--duration`` s → referrals/s;
+  * open loop: ``--rate`` referrals/s → POST p50/p99, and created_at → last delivered_at
+    (read model) p50/p99;
+  * ready time of ``up`` and the RSS of its whole process tree.
+- **Bare** (``hub/bench_bare.py``): producer → one consumer group per agency → the same
+  connector classes and mappings → the same sandboxes, nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import secrets
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from connectors.base import KEEPALIVE_S, Delivery
-from connectors.employment_service.connector import EmploymentServiceConnector
-from connectors.sandboxes.employment_service import EmploymentSandboxConfig
-from connectors.sandboxes.employment_service import create_app as create_sandbox
-from hub.broker import free_port
+from connectors.base import KEEPALIVE_S
+from hub.bench_bare import FOUR, READY_LINE, BareDriver, closed_loop, open_loop
+from hub.broker import EmbeddedBroker, free_port
 from hub.errors import DiasyndesiError
-from hub.runtime import Embedded
+from hub.events import PoisonRecord, decode
+from hub.registry import Registry
 from hub.samples import sample_referral
-from hub.servers import start_server
-from hub.settings import AgencyConnection, Settings
+from hub.settings import Settings
+from hub.webhooks import new_secret
+from schemas.events import TOPIC_DELIVERIES, DeliveryOutcome
+
+AGENCIES = ["opeka", "dypa", "kozani-social-grocery", "kozani-social-service"]
+BIN = Path(sys.executable).parent
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -38,146 +58,321 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def describe(name: str, values: list[float]) -> str:
-    return (
-        f"{name:<38} median {statistics.median(values) * 1000:8.1f} ms   "
-        f"p95 {percentile(values, 0.95) * 1000:8.1f} ms   n={len(values)}"
-    )
+def ms(values: list[float], q: float) -> str:
+    return f"{percentile(values, q) * 1000:7.0f}" if values else "      —"
 
 
-async def _baseline(count: int) -> list[float]:
-    """Direct connector → sandbox calls, no hub in between."""
-    secret = "bench-" + uuid.uuid4().hex
-    server = await start_server(
-        create_sandbox(EmploymentSandboxConfig(client_secret=secret, decision_delay_s=0)),
-        "127.0.0.1",
-        0,
-        "baseline sandbox",
-    )
-    connector = EmploymentServiceConnector(
-        "dypa", AgencyConnection(base_url=server.url, username="diasyndesi", secret=secret)
-    )
-    await connector.start()
-    timings = []
-    try:
-        for i in range(count):
-            body = sample_referral(seed=i)
-            delivery = Delivery(
-                event_id=str(uuid.uuid4()),
-                referral_id=str(uuid.uuid4()),
-                agency="dypa",
-                idempotency_key=uuid.uuid4().hex,
-                payload={"hub_referral_id": str(uuid.uuid4()), **body},
-            )
-            started = time.perf_counter()
-            await connector.deliver(delivery)
-            timings.append(time.perf_counter() - started)
-    finally:
-        await connector.stop()
-        await server.stop()
-    return timings
-
-
-FAN_OUT = ["GMI", "UNEMPLOYMENT_REGISTRATION", "SOCIAL_GROCERY", "HELP_AT_HOME"]
-
-
-async def _submit_and_wait(
-    session: aiohttp.ClientSession,
-    url: str,
-    seed: int,
-    programmes: list[str] | None = None,
-) -> tuple[float, float]:
-    """POST one referral and poll it every 20 ms until every routed agency has it:
-    (client-observed seconds, read-model seconds to the last delivery)."""
-    body = sample_referral(seed=seed, programmes=programmes or ["UNEMPLOYMENT_REGISTRATION"])
-    t0 = time.perf_counter()
-    async with session.post(
-        f"{url}/v1/referrals", json=body, headers={"Idempotency-Key": str(uuid.uuid4())}
-    ) as response:
-        if response.status != 202:
-            raise DiasyndesiError(f"submit refused: {response.status}")
-        referral_id = (await response.json())["id"]
-    while True:
-        async with session.get(f"{url}/v1/referrals/{referral_id}") as response:
-            view = await response.json()
-        agencies = view["agencies"]
-        if all(a["delivery"] == "delivered" for a in agencies):
-            last = max(datetime.fromisoformat(a["delivered_at"]) for a in agencies)
-            recorded = last - datetime.fromisoformat(view["created_at"])
-            return time.perf_counter() - t0, recorded.total_seconds()
-        await asyncio.sleep(0.02)
-
-
-async def run_bench(count: int, concurrency: list[int]) -> None:
-    with tempfile.TemporaryDirectory(prefix="diasyndesi-bench-") as tmp:
-        settings = Settings(
-            var_dir=Path(tmp),
-            api_port=free_port(),
-            sandbox_benefits_port=free_port(),
-            sandbox_employment_port=free_port(),
-            sandbox_grocery_port=free_port(),
-            sandbox_municipal_port=free_port(),
-            sandbox_grocery_capacity=100_000,
-            embedded_broker_port=0,
-            sandbox_decision_delay_s=3600,
-            log_level="WARNING",
-        )
-        baseline = await _baseline(min(count, 200))
-        started = time.perf_counter()
-        embedded = Embedded(settings)
-        await embedded.start()
-        assert embedded.hub is not None
-        api_ready = time.perf_counter() - started
-        await embedded.hub.wait_consumers_assigned()
-        ready = time.perf_counter() - started
-        url = embedded.hub.api_url
-        token = embedded.credentials["centres"]["KK-KOZANI"]
-        lines = []
+def tree_rss_mb(root: int) -> float:
+    """Resident memory of ``root`` and every descendant (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    total_kb, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
         try:
-            async with aiohttp.ClientSession(
-                headers={"Authorization": f"Bearer {token}"},
-                connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S),
-            ) as s:
-                await _submit_and_wait(s, url, seed=9_999)  # warm-up
-                for level in concurrency:
-                    limit = asyncio.Semaphore(level)
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+        except OSError:
+            continue
+    return total_kb / 1024
 
-                    async def one(
-                        seed: int, limit: asyncio.Semaphore = limit
-                    ) -> tuple[float, float]:
-                        async with limit:
-                            return await _submit_and_wait(s, url, seed)
 
-                    wall = time.perf_counter()
-                    results = await asyncio.gather(*(one(10_000 * level + i) for i in range(count)))
-                    wall = time.perf_counter() - wall
-                    lines.append(
-                        f"-- {count} referrals, {level} in flight: {count / wall:.1f} referrals/s"
-                    )
-                    lines.append(
-                        describe("POST → delivered (client, 20 ms poll)", [r[0] for r in results])
-                    )
-                    lines.append(describe("POST → delivered (read model)", [r[1] for r in results]))
-                    ratio = statistics.median(r[0] for r in results) / statistics.median(baseline)
-                    lines.append(
-                        f"   ratio of medians, client-observed / direct call: {ratio:.0f}x"
-                    )
-                fan_out = [
-                    await _submit_and_wait(s, url, 20_000 + i, FAN_OUT)
-                    for i in range(max(count // 4, 10))
-                ]
-                lines.append(
-                    f"-- KK-KOZANI sample referral to all four agencies "
-                    f"({' + '.join(FAN_OUT)}), 1 in flight"
-                )
-                lines.append(
-                    describe("POST → all four delivered (client)", [r[0] for r in fan_out])
-                )
-                lines.append(
-                    describe("POST → all four delivered (read model)", [r[1] for r in fan_out])
-                )
+@dataclass
+class Figures:
+    name: str
+    closed: tuple[int, float, list[float]] = (0, 1.0, [])
+    posts: list[float] = field(default_factory=list)
+    e2e: list[float] = field(default_factory=list)
+    ready_s: float | None = None
+    rss_mb: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def per_s(self) -> float:
+        return self.closed[0] / self.closed[1]
+
+
+class Child:
+    """A child process in its own session, its output in ``log``, ready on a line."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(  # noqa: S603 - our own commands
+                args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    async def ready(self, line: str, timeout_s: float = 90.0) -> float:
+        started = time.perf_counter()
+        while line not in self.log.read_text(errors="replace"):
+            if self.process.poll() is not None or time.perf_counter() - started > timeout_s:
+                tail = self.log.read_text(errors="replace")[-3000:]
+                raise DiasyndesiError(f"{self.process.args!r} not ready:\n{tail}")
+            await asyncio.sleep(0.02)
+        return time.perf_counter() - started
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(2)  # SIGINT, as Ctrl+C
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def base_env(var_dir: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AGENCIES__", "KAFKA_", "SANDBOX_", "DATABASE_URL", "API_", "VAR_"))
+    }
+    ports = {name: str(free_port()) for name in ("BENEFITS", "EMPLOYMENT", "GROCERY", "MUNICIPAL")}
+    env.update({f"SANDBOX_{name}_PORT": port for name, port in ports.items()})
+    env.update(
+        VAR_DIR=str(var_dir),
+        API_PORT=str(free_port()),
+        EMBEDDED_BROKER_PORT=str(free_port()),
+        SANDBOX_GROCERY_CAPACITY="1000000",
+        LOG_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def sandbox_connections(env: dict[str, str]) -> dict[str, str]:
+    """Shared agency secrets and URLs, so a sandbox and a worker started apart agree."""
+    out: dict[str, str] = {}
+    urls = {
+        "opeka": f"http://127.0.0.1:{env['SANDBOX_BENEFITS_PORT']}/soap",
+        "dypa": f"http://127.0.0.1:{env['SANDBOX_EMPLOYMENT_PORT']}",
+        "kozani-social-grocery": f"http://127.0.0.1:{env['SANDBOX_GROCERY_PORT']}",
+        "kozani-social-service": f"http://127.0.0.1:{env['SANDBOX_MUNICIPAL_PORT']}"
+        "/kozani-social-service",
+        "karpenisi-social-service": f"http://127.0.0.1:{env['SANDBOX_MUNICIPAL_PORT']}"
+        "/karpenisi-social-service",
+    }
+    for agency, url in urls.items():
+        key = f"AGENCIES__{agency.upper().replace('-', '_')}"
+        out[f"{key}__BASE_URL"] = url
+        municipal = agency.endswith("social-service")
+        out[f"{key}__SECRET"] = new_secret() if municipal else secrets.token_urlsafe(24)
+        if agency in ("opeka", "dypa"):
+            out[f"{key}__USERNAME"] = "diasyndesi"
+    return out
+
+
+async def measure(
+    figures: Figures,
+    one: Callable[[int], Coroutine[Any, Any, tuple[float, float]]],
+    in_flight: int,
+    rate: float,
+    duration_s: float,
+) -> list[tuple[float, float]]:
+    await closed_loop(one, 8, 3.0)  # warm-up: pools, caches, consumer fetches
+    print(f"{figures.name}: {in_flight} in flight for {duration_s:g} s", file=sys.stderr)
+    figures.closed = await closed_loop(one, in_flight, duration_s)
+    print(f"{figures.name}: {rate:g}/s for {duration_s:g} s", file=sys.stderr)
+    opened = await open_loop(one, rate, duration_s)
+    figures.posts = [post for post, _ in opened]
+    return opened
+
+
+async def run_bare(in_flight: int, rate: float, duration_s: float, folder: Path) -> Figures:
+    figures = Figures("bare: producer → consumer groups → connectors → sandboxes")
+    env = base_env(folder / "bare")
+    env.update(sandbox_connections(env))
+    broker = EmbeddedBroker(int(env["EMBEDDED_BROKER_PORT"]))
+    await broker.astart()
+    sandbox = Child(
+        [str(BIN / "diasyndesi"), "sandbox", "--no-status-push"], env, folder / "bare-sandbox.log"
+    )
+    worker = Child(
+        [str(BIN / "python"), "-m", "hub.bench_bare", broker.bootstrap_servers, *AGENCIES],
+        env,
+        folder / "bare-worker.log",
+    )
+    driver = BareDriver(broker.bootstrap_servers, Registry.load(Settings().registry_dir))
+    try:
+        await driver.start(partitions=4)
+        await sandbox.ready("sandbox agencies:")
+        await worker.ready(READY_LINE)
+        opened = await measure(figures, driver.referral, in_flight, rate, duration_s)
+        figures.e2e = [done for _, done in opened]
+    finally:
+        await driver.stop()
+        worker.stop()
+        sandbox.stop()
+        await broker.astop()
+    return figures
+
+
+class HubDriver:
+    """POSTs four-agency referrals; a referral is done when its four successful outcomes
+    are on ``kk.deliveries.v1``."""
+
+    def __init__(self, url: str, token: str, bootstrap: str) -> None:
+        self.url = url
+        self.session = aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {token}"},
+            connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S, limit=0),
+        )
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=20)
+        self.seen: dict[str, set[str]] = {}
+        self.waiting: dict[str, tuple[set[str], asyncio.Future[float]]] = {}
+        self.ids: list[str] = []
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        parts = [TopicPartition(TOPIC_DELIVERIES, p) for p in range(4)]
+        self.consumer.assign(parts)
+        await self.consumer.seek_to_end(*parts)
+        self._reader = asyncio.create_task(self._read())
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        await self.consumer.stop()
+        await self.session.close()
+
+    async def _read(self) -> None:
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=100)
+            now = time.perf_counter()
+            for records in batches.values():
+                for record in records:
+                    try:
+                        data = decode(record.headers, record.key, record.value).data
+                    except PoisonRecord:
+                        continue
+                    if isinstance(data, DeliveryOutcome) and data.succeeded:
+                        self.seen.setdefault(data.referral_id, set()).add(data.agency)
+                        self._check(data.referral_id, now)
+
+    def _check(self, referral_id: str, now: float) -> None:
+        entry = self.waiting.get(referral_id)
+        if entry and entry[0] <= self.seen.get(referral_id, set()):
+            del self.waiting[referral_id]
+            self.seen.pop(referral_id, None)
+            if not entry[1].done():
+                entry[1].set_result(now)
+
+    async def referral(self, seed: int) -> tuple[float, float]:
+        body = sample_referral(seed=seed, programmes=FOUR)
+        started = time.perf_counter()
+        async with self.session.post(
+            f"{self.url}/v1/referrals", json=body, headers={"Idempotency-Key": str(uuid.uuid4())}
+        ) as response:
+            if response.status != 202:
+                raise DiasyndesiError(f"submit refused: {response.status} {await response.text()}")
+            answer = await response.json()
+        posted = time.perf_counter()
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.waiting[answer["id"]] = (set(answer["routed"]), future)
+        self.ids.append(answer["id"])
+        self._check(answer["id"], posted)
+        done = await asyncio.wait_for(future, 120)
+        return posted - started, done - started
+
+    async def read_model(self, ids: list[str], timeout_s: float = 180.0) -> list[float]:
+        """created_at → last delivered_at of each referral, once the read model shows every
+        pair delivered (the projector may still be catching up); fails after ``timeout_s``."""
+        limit = asyncio.Semaphore(16)
+        deadline = time.perf_counter() + timeout_s
+
+        async def one(referral_id: str) -> float:
+            while True:
+                async with limit, self.session.get(f"{self.url}/v1/referrals/{referral_id}") as r:
+                    view = await r.json()
+                if all(a["delivery"] == "delivered" for a in view["agencies"]):
+                    break
+                if time.perf_counter() > deadline:
+                    raise DiasyndesiError(f"referral {referral_id} not delivered: {view}")
+                await asyncio.sleep(0.5)
+            last = max(datetime.fromisoformat(a["delivered_at"]) for a in view["agencies"])
+            return (last - datetime.fromisoformat(view["created_at"])).total_seconds()
+
+        return list(await asyncio.gather(*(one(i) for i in ids)))
+
+
+@asynccontextmanager
+async def running_up(folder: Path) -> AsyncIterator[tuple[Child, dict[str, str], float]]:
+    env = base_env(folder / "hub")
+    started = time.perf_counter()
+    up = Child([str(BIN / "diasyndesi"), "up"], env, folder / "up.log")
+    try:
+        await up.ready("Diasyndesi is ready")
+        yield up, env, time.perf_counter() - started
+    finally:
+        up.stop()
+
+
+async def run_hub(in_flight: int, rate: float, duration_s: float, folder: Path) -> Figures:
+    figures = Figures("hub: `make run` (diasyndesi up)")
+    async with running_up(folder) as (up, env, ready_s):
+        figures.ready_s = ready_s
+        creds = json.loads((Path(env["VAR_DIR"]) / "dev-credentials.json").read_text())
+        driver = HubDriver(
+            f"http://127.0.0.1:{env['API_PORT']}",
+            creds["centres"]["KK-KOZANI"],
+            f"127.0.0.1:{env['EMBEDDED_BROKER_PORT']}",
+        )
+        try:
+            await driver.start()
+            await measure(figures, driver.referral, in_flight, rate, duration_s)
+            loaded = time.perf_counter()
+            figures.rss_mb = tree_rss_mb(up.process.pid)
+            opened_ids = driver.ids[-int(rate * duration_s) :]
+            figures.e2e = await driver.read_model(opened_ids)
+            await driver.read_model(driver.ids)  # every pair of every phase, in the read model
+            figures.notes.append(
+                f"hub: {len(driver.ids)} referrals, every pair delivered in the read model "
+                f"{time.perf_counter() - loaded:.1f} s after the load ended"
+            )
         finally:
-            await embedded.stop()
-    print(f"start → API answering: {api_ready:.2f} s; → consumers joined (ready): {ready:.2f} s")
-    print(describe("baseline: connector → sandbox direct", baseline))
-    print("\n".join(lines))
+            await driver.stop()
+    return figures
+
+
+def report(bare: Figures | None, hub: Figures, in_flight: int, rate: float) -> str:
+    rows = [
+        f"{'':44}{'ref/s':>8}{'POST p50':>10}{'POST p99':>10}{'e2e p50':>9}{'e2e p99':>9}"
+        f"{'ready':>7}{'RSS MB':>8}",
+    ]
+    for f in [x for x in (bare, hub) if x is not None]:
+        ready = f"{f.ready_s:6.1f}s" if f.ready_s is not None else "      —"
+        rss = f"{f.rss_mb:8.0f}" if f.rss_mb is not None else "       —"
+        rows.append(
+            f"{f.name[:43]:44}{f.per_s:8.1f}{ms(f.posts, 0.5):>10}{ms(f.posts, 0.99):>10}"
+            f"{ms(f.e2e, 0.5):>9}{ms(f.e2e, 0.99):>9}{ready}{rss}"
+        )
+    rows.append(
+        f"(ref/s: {in_flight} four-agency referrals in flight, closed loop; POST and e2e: "
+        f"open loop at {rate:g}/s; e2e: created_at → last delivered_at, hub from its read "
+        "model, bare from the connectors' done records; ms)"
+    )
+    if bare is not None:
+        ratio = hub.per_s / bare.per_s
+        e2e = statistics.median(hub.e2e) / statistics.median(bare.e2e)
+        rows.append(
+            f"hub/bare throughput ratio: {ratio:.2f} (goal ≥ 0.5); e2e median hub/bare: {e2e:.1f}x"
+        )
+    rows.extend(hub.notes)
+    return "\n".join(rows)
+
+
+async def run_bench(in_flight: int, rate: float, duration_s: float, bare: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="diasyndesi-bench-") as tmp:
+        folder = Path(tmp)
+        baseline = await run_bare(in_flight, rate, duration_s, folder) if bare else None
+        hub = await run_hub(in_flight, rate, duration_s, folder)
+    print(report(baseline, hub, in_flight, rate))

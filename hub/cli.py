@@ -195,7 +195,11 @@ async def _dev_credentials(settings: Settings) -> None:
 
 
 @app.command()
-def sandbox() -> None:
+def sandbox(
+    status_push: Annotated[
+        bool, typer.Option(help="push statuses to the hub at API_URL/PUBLIC_URL")
+    ] = True,
+) -> None:
     """The simulated agencies alone (ports from SANDBOX_* settings)."""
     from hub.sandboxes import start_sandboxes
 
@@ -204,7 +208,8 @@ def sandbox() -> None:
     async def main() -> None:
         path = settings.var_dir / "dev-credentials.json"
         tokens = json.loads(path.read_text())["agencies"] if path.exists() else {}
-        sandboxes = await start_sandboxes(settings, settings.api_url, tokens)
+        hub_url = settings.api_url if status_push else None
+        sandboxes = await start_sandboxes(settings, hub_url, tokens)
         typer.echo("sandbox agencies:\n" + sandboxes.describe())
         for agency, connection in sandboxes.connections.items():
             key = agency.upper().replace("-", "_")
@@ -232,14 +237,16 @@ def demo(
 
 @app.command()
 def bench(
-    count: Annotated[int, typer.Option(help="referrals to submit")] = 200,
-    concurrency: Annotated[str, typer.Option(help="referrals in flight, comma-separated")] = "1,4",
+    duration: Annotated[float, typer.Option(help="seconds of each measured phase")] = 20.0,
+    in_flight: Annotated[int, typer.Option(help="referrals in flight, closed loop")] = 32,
+    rate: Annotated[float, typer.Option(help="referrals per second, open loop")] = 10.0,
+    bare: Annotated[bool, typer.Option(help="also measure the bare baseline")] = True,
 ) -> None:
-    """Median and p95 time from POST to `delivered`, against a private embedded hub."""
+    """The hub as `make run` starts it (throughput, latency, ready time, memory) next to a
+    bare producer → consumer → connector → sandbox pipeline measured in the same run."""
     from hub.bench import run_bench
 
-    levels = [int(part) for part in concurrency.split(",") if part.strip()]
-    _run(run_bench(count, levels))
+    _run(run_bench(in_flight, rate, duration, bare))
 
 
 @schemas_app.command("export")
