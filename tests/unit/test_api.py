@@ -33,8 +33,6 @@ from hub.samples import make_amka, sample_referral
 from hub.settings import Settings
 from schemas.events import REFERRAL_SUBMITTED, STATUS_CHANGED
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 class Env:
     def __init__(
@@ -68,7 +66,7 @@ class Env:
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    settings = Settings(var_dir=tmp_path, registry_dir=ROOT / "registry")
+    settings = Settings(var_dir=tmp_path)
     db = Database(settings.database)
     await db.create_all()
     registry = Registry.load(settings.registry_dir)
