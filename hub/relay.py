@@ -16,7 +16,14 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select, update
 
-from hub.bus import HUB_TOPICS, MARKER_TOPIC, KafkaPublisher, ensure_topics, list_topics
+from hub.bus import (
+    HUB_TOPICS,
+    MARKER_TOPIC,
+    KafkaCluster,
+    KafkaPublisher,
+    ensure_topics,
+    list_topics,
+)
 from hub.db import Database, OutboxRow, TimelineRow
 from hub.errors import BrokerError
 from hub.events import OutgoingRecord
@@ -35,8 +42,7 @@ class Relay:
         publisher: KafkaPublisher,
         metrics: HubMetrics,
         *,
-        bootstrap: str,
-        partitions: int,
+        kafka: KafkaCluster,
         topics: Sequence[str] = (*HUB_TOPICS, MARKER_TOPIC),
         poll_s: float = 0.05,
         batch: int = 200,
@@ -48,9 +54,8 @@ class Relay:
         self.db = db
         self.publisher = publisher
         self.metrics = metrics
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.topics = list(topics)
-        self.partitions = partitions
         self.poll_s = poll_s
         self.batch = batch
         self.topic_check_s = topic_check_s
@@ -158,10 +163,10 @@ class Relay:
         self._last_topic_check = time.monotonic()
         # Producers auto-create topics they write to, so the hub's own topics reappearing
         # proves nothing; the marker topic is never written, so only the hub re-creates it.
-        if MARKER_TOPIC in await list_topics(self.bootstrap):
+        if MARKER_TOPIC in await list_topics(self.kafka):
             return
         log.warning("broker lost its data (marker topic gone); re-creating and re-driving")
-        await ensure_topics(self.bootstrap, self.topics, self.partitions)
+        await ensure_topics(self.kafka, self.topics)
         requeued = await redrive_unfinished(self.db)
         log.info("re-drive queued", records=requeued)
         if self.on_data_loss is not None:

@@ -15,7 +15,15 @@ import importlib.resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hub.errors import ConfigurationError
@@ -67,6 +75,78 @@ class ConsumerSettings(BaseModel):
     fetch_max_wait_ms: int = Field(default=100, ge=0)
     request_timeout_ms: int = Field(default=40_000, ge=1000)
     commit_timeout_s: float = Field(default=10.0, gt=0)
+
+
+def read_secret_file(path: Path) -> SecretStr:
+    """A secret mounted as a file (compose secret, Kubernetes Secret volume): its content
+    without the trailing newline editors and ``echo`` add."""
+    return SecretStr(path.read_text(encoding="utf-8").rstrip("\r\n"))
+
+
+class KafkaClientSettings(BaseModel):
+    """How every Kafka client the hub creates (producer, consumers, topic admin) encrypts and
+    authenticates: ``KAFKA__SECURITY_PROTOCOL``, ``KAFKA__SASL_*``, ``KAFKA__SSL_*``, named
+    after Kafka's own ``security.protocol``, ``sasl.mechanism`` and ``ssl.*`` client settings.
+
+    The password may come from a file (``KAFKA__SASL_PASSWORD_FILE``), like every secret of
+    the hub. A combination that cannot work (SASL settings without a SASL protocol, TLS files
+    on a plaintext connection) is refused at start rather than ignored.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] | None = None
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    sasl_password_file: FilePath | None = None
+    ssl_cafile: FilePath | None = Field(
+        default=None, description="CA bundle for the brokers' certificates (else the system's)"
+    )
+    ssl_certfile: FilePath | None = Field(default=None, description="client certificate (mTLS)")
+    ssl_keyfile: FilePath | None = Field(default=None, description="its private key")
+    ssl_key_password: SecretStr | None = None
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> KafkaClientSettings:
+        if self.sasl_password_file is not None:
+            if self.sasl_password.get_secret_value():
+                raise ValueError("set KAFKA__SASL_PASSWORD or KAFKA__SASL_PASSWORD_FILE, not both")
+            self.sasl_password = read_secret_file(self.sasl_password_file)
+        sasl = [
+            name
+            for name, value in (
+                ("SASL_MECHANISM", self.sasl_mechanism),
+                ("SASL_USERNAME", self.sasl_username),
+                ("SASL_PASSWORD", self.sasl_password.get_secret_value()),
+            )
+            if not value
+        ]
+        if self.uses_sasl and sasl:
+            missing = ", ".join(f"KAFKA__{name}" for name in sasl)
+            raise ValueError(f"{self.security_protocol} needs {missing}")
+        if not self.uses_sasl and len(sasl) < 3:
+            raise ValueError(
+                f"KAFKA__SASL_* is set but KAFKA__SECURITY_PROTOCOL={self.security_protocol} "
+                "does not use SASL (SASL_SSL or SASL_PLAINTEXT)"
+            )
+        files = (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile)
+        if not self.uses_tls and any(files):
+            raise ValueError(
+                f"KAFKA__SSL_* is set but KAFKA__SECURITY_PROTOCOL={self.security_protocol} "
+                "does not use TLS (SSL or SASL_SSL)"
+            )
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("KAFKA__SSL_KEYFILE needs KAFKA__SSL_CERTFILE")
+        return self
 
 
 class RetrySettings(BaseModel):
@@ -129,6 +209,16 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = ""
     embedded_broker_port: int = Field(default=19092, ge=0, le=65535)
     topic_partitions: int = Field(default=4, ge=1, le=256)
+    topic_replication_factor: int | None = Field(
+        default=None, ge=1, le=16, description="of topics the hub creates; 3 in production, else 1"
+    )
+    topic_min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description="min.insync.replicas of those; 2 in production, else 1",
+    )
+    kafka: KafkaClientSettings = KafkaClientSettings()
     producer: ProducerSettings = ProducerSettings()
     consumer: ConsumerSettings = ConsumerSettings()
     retry: RetrySettings = RetrySettings()
@@ -177,6 +267,30 @@ class Settings(BaseSettings):
         if isinstance(value, dict):
             return {str(k).lower().replace("_", "-"): v for k, v in value.items()}
         return value
+
+    @model_validator(mode="after")
+    def _replicas_fit(self) -> Settings:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"TOPIC_MIN_INSYNC_REPLICAS ({self.min_insync_replicas}) exceeds "
+                f"TOPIC_REPLICATION_FACTOR ({self.replication_factor}): no write could succeed"
+            )
+        return self
+
+    @property
+    def replication_factor(self) -> int:
+        """Three copies of every record in production (survives one broker down while
+        another is being upgraded); one on the embedded or a development broker."""
+        if self.topic_replication_factor is not None:
+            return self.topic_replication_factor
+        return 3 if self.environment == "production" else 1
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """With ``acks=all``, a write needs this many copies: 2 of 3 in production."""
+        if self.topic_min_insync_replicas is not None:
+            return self.topic_min_insync_replicas
+        return 2 if self.environment == "production" else 1
 
     @property
     def embedded(self) -> bool:

@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Header, HTTPException, Request, status
 
 from hub.auth import Principal, authenticate
+from hub.bus import KafkaCluster
 from hub.db import Database
 from hub.metrics import HubMetrics
 from hub.registry import Registry
@@ -24,7 +25,7 @@ class HubState:
     db: Database
     registry: Registry
     metrics: HubMetrics
-    bootstrap: str
+    kafka: KafkaCluster
     wake_relay: Callable[[], None] = field(default=lambda: None)
     token_cache_s: float = 30.0
     _principals: dict[str, tuple[Principal, float]] = field(default_factory=dict)

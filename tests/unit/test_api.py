@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from hub.api.app import create_app
 from hub.api.deps import HubState
 from hub.auth import ensure_dev_credentials
+from hub.bus import KafkaCluster
 from hub.db import (
     Database,
     DeliveryRow,
@@ -72,7 +73,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     registry = Registry.load(settings.registry_dir)
     creds = await ensure_dev_credentials(db, registry, tmp_path / "dev-credentials.json")
     metrics = HubMetrics()
-    state = HubState(settings, db, registry, metrics, bootstrap="127.0.0.1:1")
+    state = HubState(settings, db, registry, metrics, kafka=KafkaCluster("127.0.0.1:1"))
     app = create_app(state)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
