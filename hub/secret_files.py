@@ -14,8 +14,12 @@ PLACEHOLDERS = frozenset({"changeme", "change-me", "secret", "password"})
 
 def read_secret_file(path: Path) -> SecretStr:
     """A secret mounted as a file (compose secret, Kubernetes Secret volume): its content
-    without the trailing newline editors and ``echo`` add."""
-    return SecretStr(path.read_text(encoding="utf-8").rstrip("\r\n"))
+    without the trailing newline editors and ``echo`` add. An empty file is refused: it is
+    what an unfilled Secret template mounts."""
+    value = path.read_text(encoding="utf-8").rstrip("\r\n")
+    if not value:
+        raise ValueError(f"{path} is empty; put the secret in it")
+    return SecretStr(value)
 
 
 def refuse_placeholder(value: SecretStr | None, setting: str) -> None:

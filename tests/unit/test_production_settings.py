@@ -199,6 +199,13 @@ def test_secret_settings_that_cannot_work(
         load_settings()
 
 
+def test_an_empty_secret_file_is_refused(monkeypatch: pytest.MonkeyPatch, workdir: Path) -> None:
+    (workdir / "password").write_text("\n")
+    monkeypatch.setenv("DATABASE_PASSWORD_FILE", str(workdir / "password"))
+    with pytest.raises(ConfigurationError, match="password is empty; put the secret in it"):
+        load_settings()
+
+
 def test_a_placeholder_in_a_secret_file_is_refused(
     monkeypatch: pytest.MonkeyPatch, workdir: Path
 ) -> None:
