@@ -2,5 +2,5 @@
 
 Only the YAML files here matter; this file makes the folder a package so the wheel carries
 them and ``hub.settings`` finds them through importlib.resources. An operator replaces the
-whole folder with ``REGISTRY_DIR`` (docs/decisions/0010-packaged-data-and-overrides.md).
+whole folder with ``REGISTRY_DIR`` (docs/decisions/0010-packaging-and-production-settings.md).
 """
