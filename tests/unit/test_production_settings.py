@@ -28,8 +28,10 @@ PRODUCTION = {
 
 @pytest.fixture(autouse=True)
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test in an empty folder: ./var is its own."""
+    """Each test in an empty folder: ./var is its own. Logging stays as it was: configured
+    inside CliRunner it would write to a stream the runner closes, for every later test."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("hub.cli.configure_logging", lambda *_, **__: None)
     return tmp_path
 
 
