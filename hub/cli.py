@@ -160,6 +160,8 @@ def worker(agencies: Annotated[list[str], typer.Argument(help="agency ids, e.g. 
         raise typer.Exit(2)
 
     async def main() -> None:
+        # A worker may start before `serve` on a fresh folder: the SQLite file's folder too.
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
         hub = Hub(
             settings,
             settings.kafka_bootstrap_servers,

@@ -224,8 +224,9 @@ def test_serve_worker_and_sandbox_from_the_wheel_deliver_a_referral(
             subprocess.run(  # noqa: S603
                 [str(venv / "bin" / "diasyndesi"), *step], cwd=work, env=env, check=True
             )
-        processes.append(serve := Process(venv, work, env, "serve"))
+        # the worker first: on a fresh folder it must not depend on serve having made ./var
         processes.append(worker := Process(venv, work, env, "worker", "opeka"))
+        processes.append(serve := Process(venv, work, env, "serve"))
         processes.append(sandbox := Process(venv, work, env, "sandbox"))
         serve.wait_for("Diasyndesi API ready")
         worker.wait_for("Diasyndesi worker ready: opeka")  # its zeep client read the WSDL
