@@ -38,12 +38,14 @@ sys.path.insert(0, str(ROOT))
 
 from connectors.benefits_agency.client import (  # noqa: E402
     BINDING,
-    WSDL_PATH,
+    WSDL,
     BenefitsAgencyClient,
     _settings,
 )
 from hub.broker import free_port  # noqa: E402
 from hub.samples import make_amka  # noqa: E402
+
+WSDL_PATH = str(WSDL)  # package data, on disk in a checkout
 
 USER, PASSWORD = "diasyndesi", "bench-password-1"
 SERVER = """
@@ -118,7 +120,7 @@ async def measure(endpoint: str, count: int, runs: int) -> None:
     wsse = UsernameToken(USER, PASSWORD, use_digest=True)
     # a) zeep AsyncClient over httpx
     httpx_client = zeep.AsyncClient(
-        str(WSDL_PATH),
+        WSDL_PATH,
         transport=AsyncTransport(operation_timeout=10),
         settings=_settings(),
         wsse=wsse,
@@ -130,7 +132,7 @@ async def measure(endpoint: str, count: int, runs: int) -> None:
     session = requests.Session()
     session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=32))
     sync_client = zeep.Client(
-        str(WSDL_PATH),
+        WSDL_PATH,
         transport=Transport(session=session, operation_timeout=10),
         settings=_settings(),
         wsse=wsse,

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from hub.bus import ensure_topics
+from hub.bus import KafkaCluster, ensure_topics
 from hub.factory import build_connector
 from hub.registry import Registry
 from hub.samples import sample_referral
@@ -115,7 +115,7 @@ class BareDriver:
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self, partitions: int) -> None:
-        await ensure_topics(self.bootstrap, [REFERRALS, DONE], partitions)
+        await ensure_topics(KafkaCluster(self.bootstrap, partitions=partitions), [REFERRALS, DONE])
         await self.producer.start()
         await self.consumer.start()
         parts = [TopicPartition(DONE, p) for p in range(partitions)]

@@ -4,27 +4,96 @@ BrokerError (STYLE.md: foreign errors are translated at the seam).
 
 ``MemoryPublisher`` is the in-memory fake for fast unit tests; integration tests use the
 real embedded broker through ``KafkaPublisher``.
+
+Every client takes a ``KafkaCluster`` rather than a bootstrap string, so none can be created
+without the cluster's security options (TLS, SASL/SCRAM) or the hub's topic settings.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 
-from hub.errors import BrokerError, BrokerTimeout
+from hub.errors import BrokerError, BrokerTimeout, ConfigurationError
 from hub.events import OutgoingRecord
-from hub.settings import ConsumerSettings, ProducerSettings
+from hub.settings import ConsumerSettings, KafkaClientSettings, ProducerSettings, Settings
 from schemas.events import TOPIC_DELIVERIES, TOPIC_REFERRALS, TOPIC_STATUS
 
 HUB_TOPICS = (TOPIC_REFERRALS, TOPIC_DELIVERIES, TOPIC_STATUS)
 MARKER_TOPIC = "kk.hub.marker"
 """Created with the hub topics and never written: if it is gone, the broker lost its data."""
+
+
+@dataclass(frozen=True)
+class KafkaCluster:
+    """Where the bus is and how the hub talks to it. ``client_options`` (aiokafka keyword
+    arguments: security protocol, SSL context, SASL mechanism and credentials) go to every
+    producer, consumer and admin client; topics the hub creates get ``partitions``,
+    ``replication_factor`` and ``min.insync.replicas``. Build it once per process
+    (:meth:`from_settings`): the TLS files are read then, not on every readiness probe."""
+
+    bootstrap_servers: str
+    client_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    partitions: int = 4
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, bootstrap_servers: str | None = None
+    ) -> KafkaCluster:
+        """``bootstrap_servers`` overrides the setting (the embedded broker's address)."""
+        return cls(
+            bootstrap_servers or settings.kafka_bootstrap_servers,
+            client_options(settings.kafka),
+            partitions=settings.topic_partitions,
+            replication_factor=settings.replication_factor,
+            min_insync_replicas=settings.min_insync_replicas,
+        )
+
+    def new_topic(self, name: str) -> NewTopic:
+        return NewTopic(
+            name=name,
+            num_partitions=self.partitions,
+            replication_factor=self.replication_factor,
+            # Apache Kafka enforces it with acks=all; the embedded broker ignores topic configs.
+            topic_configs={"min.insync.replicas": str(self.min_insync_replicas)},
+        )
+
+
+def client_options(kafka: KafkaClientSettings) -> dict[str, Any]:
+    """aiokafka keyword arguments for these settings. A TLS file that cannot be loaded stops
+    the start with the setting's name (ssl errors are translated here, at the seam)."""
+    options: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+    if kafka.uses_tls:
+        key_password = kafka.ssl_key_password
+        try:
+            options["ssl_context"] = create_ssl_context(
+                cafile=kafka.ssl_cafile,
+                certfile=kafka.ssl_certfile,
+                keyfile=kafka.ssl_keyfile,
+                password=key_password.get_secret_value() if key_password else None,
+            )
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigurationError(
+                "KAFKA__SSL_CAFILE/KAFKA__SSL_CERTFILE/KAFKA__SSL_KEYFILE: cannot load "
+                f"({type(exc).__name__}: {getattr(exc, 'reason', None) or exc.strerror})"
+            ) from None
+    if kafka.uses_sasl:
+        options.update(
+            sasl_mechanism=kafka.sasl_mechanism,
+            sasl_plain_username=kafka.sasl_username,
+            sasl_plain_password=kafka.sasl_password.get_secret_value(),
+        )
+    return options
 
 
 class Publisher(Protocol):
@@ -53,10 +122,11 @@ class MemoryPublisher:
 class KafkaPublisher:
     """aiokafka producer with acks=all and a bounded send."""
 
-    def __init__(self, bootstrap: str, settings: ProducerSettings, client_id: str) -> None:
+    def __init__(self, kafka: KafkaCluster, settings: ProducerSettings, client_id: str) -> None:
         self._settings = settings
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
+            bootstrap_servers=kafka.bootstrap_servers,
+            **kafka.client_options,
             client_id=client_id,
             acks=settings.acks,
             enable_idempotence=settings.enable_idempotence,
@@ -116,7 +186,7 @@ class KafkaPublisher:
 
 
 def make_consumer(
-    bootstrap: str,
+    kafka: KafkaCluster,
     group_id: str,
     topics: Sequence[str],
     settings: ConsumerSettings,
@@ -126,7 +196,8 @@ def make_consumer(
     """A consumer in ``group_id`` with manual commits only, subscribed with ``listener`` so
     in-flight work can be drained before partitions move to another member."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        bootstrap_servers=kafka.bootstrap_servers,
+        **kafka.client_options,
         group_id=group_id,
         client_id=client_id,
         enable_auto_commit=False,
@@ -143,23 +214,27 @@ def make_consumer(
     return consumer
 
 
+def _admin(kafka: KafkaCluster, request_timeout_ms: int) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(
+        bootstrap_servers=kafka.bootstrap_servers,
+        request_timeout_ms=request_timeout_ms,
+        **kafka.client_options,
+    )
+
+
 async def ensure_topics(
-    bootstrap: str, topics: Sequence[str], partitions: int, timeout_s: float = 15.0
+    kafka: KafkaCluster, topics: Sequence[str], timeout_s: float = 15.0
 ) -> None:
-    """Create the topics if missing; "already exists" counts as success."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    """Create the topics if missing, with the cluster's partitions, replication factor and
+    min.insync.replicas; "already exists" counts as success (existing topics keep theirs)."""
+    admin = _admin(kafka, request_timeout_ms=10_000)
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
         existing = set(await asyncio.wait_for(admin.list_topics(), timeout_s))
         missing = [t for t in topics if t not in existing]
         for topic in missing:
             try:
-                await asyncio.wait_for(
-                    admin.create_topics(
-                        [NewTopic(name=topic, num_partitions=partitions, replication_factor=1)]
-                    ),
-                    timeout_s,
-                )
+                await asyncio.wait_for(admin.create_topics([kafka.new_topic(topic)]), timeout_s)
             except TopicAlreadyExistsError:
                 pass
     except TimeoutError as exc:
@@ -173,9 +248,9 @@ async def ensure_topics(
             pass
 
 
-async def list_topics(bootstrap: str, timeout_s: float = 5.0) -> set[str]:
+async def list_topics(kafka: KafkaCluster, timeout_s: float = 5.0) -> set[str]:
     """Topic names the broker knows; raises BrokerError if it cannot be asked."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5_000)
+    admin = _admin(kafka, request_timeout_ms=5_000)
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
         names: Any = await asyncio.wait_for(admin.list_topics(), timeout_s)

@@ -12,9 +12,9 @@ from typing import Annotated
 import typer
 
 from hub.db import Database
-from hub.errors import DiasyndesiError
+from hub.errors import ConfigurationError, DiasyndesiError
 from hub.logs import configure_logging
-from hub.settings import Settings
+from hub.settings import Settings, load_settings
 from hub.tokens_cli import token_app
 
 app = typer.Typer(
@@ -35,7 +35,14 @@ app.add_typer(token_app, name="token")
 
 
 def _settings() -> Settings:
-    settings = Settings()
+    """Settings from the environment; a refused setting is one ``error:`` line naming it
+    (exit 2), never a traceback."""
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        for line in str(exc).splitlines():
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2) from None
     configure_logging(settings.log_level, json=settings.log_json)
     return settings
 
@@ -132,7 +139,7 @@ def serve() -> None:
         raise typer.Exit(2)
 
     async def main() -> None:
-        if settings.environment == "development":
+        if settings.writes_dev_credentials:
             await _dev_credentials(settings)
         hub = Hub(settings, settings.kafka_bootstrap_servers, connectors=[])
         await hub.start()
@@ -157,6 +164,8 @@ def worker(agencies: Annotated[list[str], typer.Argument(help="agency ids, e.g. 
         raise typer.Exit(2)
 
     async def main() -> None:
+        # A worker may start before `serve` on a fresh folder: the SQLite file's folder too.
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
         hub = Hub(
             settings,
             settings.kafka_bootstrap_servers,

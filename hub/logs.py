@@ -10,9 +10,13 @@ import structlog
 
 def configure_logging(level: str = "INFO", *, json: bool = False) -> None:
     """Route structlog and stdlib logging to stderr; quiet aiokafka's reconnect storm."""
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level, force=True)
+    logging.basicConfig(
+        format="%(message)s", handlers=[_CurrentStderrHandler()], level=level, force=True
+    )
     for noisy in ("aiokafka", "kafka"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # Alembic narrates each step at INFO; `db upgrade` prints its own one-line summary.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer(ensure_ascii=False)
@@ -30,6 +34,14 @@ def configure_logging(level: str = "INFO", *, json: bool = False) -> None:
         logger_factory=_current_stderr,
         cache_logger_on_first_use=False,
     )
+
+
+class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler writing to whatever ``sys.stderr`` is at each record."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 def _current_stderr(*_: object) -> structlog.PrintLogger:

@@ -22,7 +22,14 @@ from typing import Any
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from hub.bus import HUB_TOPICS, MARKER_TOPIC, KafkaPublisher, ensure_topics, list_topics
+from hub.bus import (
+    HUB_TOPICS,
+    MARKER_TOPIC,
+    KafkaCluster,
+    KafkaPublisher,
+    ensure_topics,
+    list_topics,
+)
 from hub.db import OUTBOX_CHANNEL, Database, OutboxRow, TimelineRow
 from hub.errors import BrokerError
 from hub.events import OutgoingRecord
@@ -45,8 +52,7 @@ class Relay:
         publisher: KafkaPublisher,
         metrics: HubMetrics,
         *,
-        bootstrap: str,
-        partitions: int,
+        kafka: KafkaCluster,
         topics: Sequence[str] = (*HUB_TOPICS, MARKER_TOPIC),
         poll_s: float = 0.05,
         batch: int = 200,
@@ -60,9 +66,8 @@ class Relay:
         self.db = db
         self.publisher = publisher
         self.metrics = metrics
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.topics = list(topics)
-        self.partitions = partitions
         self.poll_s = poll_s
         self.batch = batch
         self.topic_check_s = topic_check_s
@@ -275,7 +280,7 @@ class Relay:
         self._last_topic_check = time.monotonic()
         # Producers auto-create topics they write to, so the hub's own topics reappearing
         # proves nothing; the marker topic is never written, so only the hub re-creates it.
-        if MARKER_TOPIC in await list_topics(self.bootstrap):
+        if MARKER_TOPIC in await list_topics(self.kafka):
             await self._follow_recovery()
             return
         # A new broker, or one that lost its data. One relay recovers (whichever holds the
@@ -283,10 +288,10 @@ class Relay:
         if not await self.leases.acquire(RECOVERY_LEASE, ttl_s=60.0):
             return
         try:
-            if MARKER_TOPIC in await list_topics(self.bootstrap):
+            if MARKER_TOPIC in await list_topics(self.kafka):
                 return
             log.warning("broker has no marker topic (new or lost its data); re-driving")
-            await ensure_topics(self.bootstrap, self.topics, self.partitions)
+            await ensure_topics(self.kafka, self.topics)
             requeued = await redrive_unfinished(self.db)
             log.info("re-drive queued", records=requeued)
             self._recovery_generation = await self.leases.bump(RECOVERY_LEASE)

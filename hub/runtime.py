@@ -18,7 +18,14 @@ from hub.api.app import create_app
 from hub.api.deps import HubState
 from hub.auth import ensure_dev_credentials
 from hub.broker import EmbeddedBroker
-from hub.bus import HUB_TOPICS, MARKER_TOPIC, KafkaPublisher, ensure_topics, make_consumer
+from hub.bus import (
+    HUB_TOPICS,
+    MARKER_TOPIC,
+    KafkaCluster,
+    KafkaPublisher,
+    ensure_topics,
+    make_consumer,
+)
 from hub.connector_runner import ConnectorRunner, DrainOnRevoke
 from hub.db import Database
 from hub.errors import BrokerError, ConfigurationError
@@ -80,6 +87,7 @@ class Hub:
     ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
+        self.kafka = KafkaCluster.from_settings(settings, bootstrap)
         self.metrics = HubMetrics()
         self.registry = Registry.load(settings.registry_dir)
         self.mappings = load_mappings(settings, self.registry)
@@ -89,7 +97,7 @@ class Hub:
         self.run_relay = run_relay
         self.run_projector = run_projector
         self.db = Database(settings.database)
-        self.publisher = KafkaPublisher(bootstrap, settings.producer, client_id="diasyndesi-hub")
+        self.publisher = KafkaPublisher(self.kafka, settings.producer, client_id="diasyndesi-hub")
         levels = len(settings.retry.topic_delays_s)
         self.topics = [
             *HUB_TOPICS,
@@ -100,9 +108,8 @@ class Hub:
             self.db,
             self.publisher,
             self.metrics,
-            bootstrap=bootstrap,
+            kafka=self.kafka,
             topics=self.topics,
-            partitions=settings.topic_partitions,
             poll_s=settings.relay_poll_s,
             batch=settings.relay_batch,
             on_data_loss=self._rewind_consumers,
@@ -147,10 +154,7 @@ class Hub:
             # Not the marker topic: the relay creates it when it finds the broker new or
             # emptied, and re-drives what is unfinished then (hub/relay.py).
             await ensure_topics(
-                self.bootstrap,
-                [t for t in self.topics if t != MARKER_TOPIC],
-                self.settings.topic_partitions,
-                timeout_s=10,
+                self.kafka, [t for t in self.topics if t != MARKER_TOPIC], timeout_s=10
             )
         except BrokerError as exc:
             log.warning("broker not reachable at start; will keep trying", error=str(exc))
@@ -160,7 +164,7 @@ class Hub:
                 self.db,
                 self.registry,
                 self.metrics,
-                self.bootstrap,
+                self.kafka,
                 wake_relay=self.relay.wakeup.set,
             )
             self.api = await start_server(
@@ -269,7 +273,7 @@ class Hub:
         while not self._stopping.is_set():
             rewind = RewindAfterDataLoss(self, listener)
             consumer = make_consumer(
-                self.bootstrap,
+                self.kafka,
                 group,
                 topics,
                 self.settings.consumer,
@@ -434,7 +438,8 @@ class Embedded:
         self.settings.var_dir.mkdir(parents=True, exist_ok=True)
         await self.broker.astart()
         await ensure_topics(
-            self.broker.bootstrap_servers, HUB_TOPICS, self.settings.topic_partitions
+            KafkaCluster.from_settings(self.settings, self.broker.bootstrap_servers),
+            HUB_TOPICS,
         )
         registry = Registry.load(self.settings.registry_dir)
         db = Database(self.settings.database)

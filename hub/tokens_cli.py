@@ -19,7 +19,7 @@ from hub.db import Database, utcnow
 from hub.errors import DiasyndesiError
 from hub.registry import Registry
 from hub.schema import open_database
-from hub.settings import Settings
+from hub.settings import load_settings
 from hub.tokens import (
     DEFAULT_LIFETIME,
     MAX_GRACE,
@@ -54,7 +54,10 @@ def _fail(message: str) -> typer.Exit:
 
 def _with_db(work: Callable[[Database, Registry], Awaitable[T]]) -> T:
     """Run ``work`` against the hub's database (migrated in development, see open_database)."""
-    settings = Settings()
+    try:
+        settings = load_settings()
+    except DiasyndesiError as exc:
+        raise _fail(str(exc)) from None
 
     async def main() -> T:
         db = await open_database(settings)

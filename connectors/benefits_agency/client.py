@@ -10,8 +10,8 @@ or PermanentError; messages name classes and codes, never the answer's content.
 
 from __future__ import annotations
 
+import importlib.resources
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,7 +25,10 @@ from zeep.wsse.username import UsernameToken
 
 from hub.errors import ConfigurationError, PermanentError, RetryableError
 
-WSDL_PATH = Path(__file__).resolve().parent / "wsdl" / "opeka.wsdl"
+WSDL = (
+    importlib.resources.files(__package__ or "connectors.benefits_agency") / "wsdl" / "opeka.wsdl"
+)
+"""The vendored WSDL, package data: read through importlib.resources so an installed hub has it."""
 BINDING = "{urn:gr:opeka:kk:referrals:v1}OpekaParapompesSoap12Binding"
 MAX_RESPONSE_BYTES = 1024 * 1024
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -162,12 +165,14 @@ class BenefitsAgencyClient:
         max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         transport = AiohttpTransport(session, timeout_s=timeout_s, max_bytes=max_response_bytes)
-        self._zeep = zeep.AsyncClient(  # type: ignore[no-untyped-call]
-            str(WSDL_PATH),
-            transport=transport,
-            settings=_settings(),
-            wsse=UsernameToken(username, password, use_digest=True),  # type: ignore[no-untyped-call]
-        )
+        # zeep wants a location and parses it whole here (types inline, no imports).
+        with importlib.resources.as_file(WSDL) as wsdl_path:
+            self._zeep = zeep.AsyncClient(  # type: ignore[no-untyped-call]
+                str(wsdl_path),
+                transport=transport,
+                settings=_settings(),
+                wsse=UsernameToken(username, password, use_digest=True),  # type: ignore[no-untyped-call]
+            )
         # create_service() on AsyncClient returns a sync proxy (zeep 4.3.3): build ours.
         self._service = AsyncServiceProxy(  # type: ignore[no-untyped-call]
             self._zeep, self._zeep.wsdl.bindings[BINDING], address=endpoint

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import importlib.resources
 import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,9 +34,10 @@ from connectors.sandboxes.common import (
     utc_now,
 )
 
-__all__ = ["WSDL_PATH", "BenefitsSandboxConfig", "HostileAnswer", "create_app"]
+__all__ = ["WSDL", "BenefitsSandboxConfig", "HostileAnswer", "create_app"]
 
-WSDL_PATH = Path(__file__).resolve().parent.parent / "benefits_agency" / "wsdl" / "opeka.wsdl"
+WSDL = importlib.resources.files("connectors.benefits_agency") / "wsdl" / "opeka.wsdl"
+"""The WSDL the connector ships (package data), served as ΟΠΕΚΑ would publish it."""
 TNS = "urn:gr:opeka:kk:referrals:v1"
 SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
 SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -101,7 +103,7 @@ def _parser() -> etree.XMLParser:
 
 def _request_schema() -> etree.XMLSchema:
     """The WSDL's embedded XSD, so the sandbox validates exactly what it publishes."""
-    wsdl = etree.parse(str(WSDL_PATH), _parser())
+    wsdl = etree.ElementTree(etree.fromstring(WSDL.read_bytes(), _parser()))
     node = wsdl.find(
         "{http://schemas.xmlsoap.org/wsdl/}types/{http://www.w3.org/2001/XMLSchema}schema"
     )
@@ -253,7 +255,7 @@ def create_app(config: BenefitsSandboxConfig) -> FastAPI:
     ledger = SandboxLedger(config.state_file)
     faults = Faults()
     schema = _request_schema()
-    wsdl_bytes = WSDL_PATH.read_bytes()
+    wsdl_bytes = WSDL.read_bytes()
     password = config.password.get_secret_value()
     decision_delay = timedelta(seconds=config.decision_delay_s)
     app = FastAPI(title="ΟΠΕΚΑ sandbox (benefits agency, SOAP 1.2)")

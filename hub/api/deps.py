@@ -10,6 +10,7 @@ from fastapi import Depends, Header, HTTPException, Request, status
 
 from hub.api.token_cache import TokenCache
 from hub.auth import Principal
+from hub.bus import KafkaCluster
 from hub.db import Database
 from hub.metrics import HubMetrics
 from hub.registry import Registry
@@ -24,7 +25,7 @@ class HubState:
     db: Database
     registry: Registry
     metrics: HubMetrics
-    bootstrap: str
+    kafka: KafkaCluster
     wake_relay: Callable[[], None] = field(default=lambda: None)
     token_check_s: float = 0.5
     tokens: TokenCache = field(init=False)

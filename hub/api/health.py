@@ -31,7 +31,7 @@ async def readyz(state: StateDep) -> JSONResponse:
     except Exception as exc:  # any driver error means not ready
         checks["database"] = f"error: {type(exc).__name__}"
     try:
-        topics = await list_topics(state.bootstrap, timeout_s=3.0)
+        topics = await list_topics(state.kafka, timeout_s=3.0)
         missing = sorted(set(HUB_TOPICS) - topics)
         checks["broker"] = "ok" if not missing else f"missing topics: {', '.join(missing)}"
     except BrokerError as exc:

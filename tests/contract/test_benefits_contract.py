@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,14 +20,14 @@ from hub.errors import PermanentError
 from hub.mapping import load_mapping
 from hub.samples import sample_referral
 from hub.servers import start_server
-from hub.settings import AgencyConnection
+from hub.settings import AgencyConnection, packaged_dir
 from schemas.referral import Referral
 from tests.contract.base import ConnectorContract, Harness
 
-ROOT = Path(__file__).resolve().parents[2]
+MAPPINGS = packaged_dir("mappings")
 USERNAME = "diasyndesi"
 PASSWORD = "opeka-contract-pw-1"
-MAPPING = load_mapping(ROOT / "mappings" / "opeka.yaml", "opeka", "benefits_agency")
+MAPPING = load_mapping(MAPPINGS / "opeka.yaml", "opeka", "benefits_agency")
 
 
 class BenefitsHarness(Harness):

@@ -4,7 +4,6 @@ REST/JSON behind OAuth2 client credentials (client id ``diasyndesi``)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,14 +14,14 @@ from connectors.sandboxes.employment_service import EmploymentSandboxConfig, cre
 from hub.mapping import load_mapping
 from hub.samples import sample_referral
 from hub.servers import start_server
-from hub.settings import AgencyConnection
+from hub.settings import AgencyConnection, packaged_dir
 from schemas.referral import Referral
 from tests.contract.base import ConnectorContract, Harness
 
-ROOT = Path(__file__).resolve().parents[2]
+MAPPINGS = packaged_dir("mappings")
 CLIENT_ID = "diasyndesi"
 CLIENT_SECRET = "dypa-contract-client-secret"
-MAPPING = load_mapping(ROOT / "mappings" / "dypa.yaml", "dypa", "employment_service")
+MAPPING = load_mapping(MAPPINGS / "dypa.yaml", "dypa", "employment_service")
 
 
 class EmploymentHarness(Harness):

@@ -19,15 +19,11 @@ from hub.runtime import Embedded, Hub
 from hub.settings import ConsumerSettings, RetrySettings, Settings
 from tests.databases import fresh_database_url
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def make_settings(var_dir: Path) -> Settings:
     return Settings(
         var_dir=var_dir,
         database_url=fresh_database_url(var_dir),
-        registry_dir=ROOT / "registry",
-        mappings_dir=ROOT / "mappings",
         api_port=free_port(),
         sandbox_benefits_port=free_port(),
         sandbox_employment_port=free_port(),

@@ -14,9 +14,10 @@ from hub.db import Database, DeliveryRow
 from hub.mapping import load_mapping
 from hub.runtime import Hub
 from hub.samples import sample_referral
+from hub.settings import packaged_dir
 from schemas.events import TOPIC_REFERRALS
 from schemas.referral import Referral
-from tests.integration.conftest import ROOT, Stack, decided, delivered
+from tests.integration.conftest import Stack, decided, delivered
 
 
 async def test_referral_is_delivered_once_mapped_and_its_status_comes_back(stack: Stack) -> None:
@@ -58,7 +59,7 @@ async def test_referral_is_delivered_once_mapped_and_its_status_comes_back(stack
             .first()
             .event_id
         )  # type: ignore[union-attr]
-    expected = load_mapping(ROOT / "mappings" / "dypa.yaml", "dypa").apply(
+    expected = load_mapping(packaged_dir("mappings") / "dypa.yaml", "dypa").apply(
         Referral.model_validate(row.body).model_dump(mode="json")
     )
     assert received["payload"] == expected

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from hub.api.app import create_app
 from hub.api.deps import HubState
 from hub.auth import ensure_dev_credentials
+from hub.bus import KafkaCluster
 from hub.db import (
     Database,
     DeliveryRow,
@@ -34,8 +35,6 @@ from hub.schema import upgrade
 from hub.settings import Settings
 from schemas.events import REFERRAL_SUBMITTED, STATUS_CHANGED
 from tests.databases import fresh_database_url
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class Env:
@@ -70,17 +69,13 @@ class Env:
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    settings = Settings(
-        var_dir=tmp_path,
-        registry_dir=ROOT / "registry",
-        database_url=fresh_database_url(tmp_path),
-    )
+    settings = Settings(var_dir=tmp_path, database_url=fresh_database_url(tmp_path))
     db = Database(settings.database)
     await upgrade(db)
     registry = Registry.load(settings.registry_dir)
     creds = await ensure_dev_credentials(db, registry, tmp_path / "dev-credentials.json")
     metrics = HubMetrics()
-    state = HubState(settings, db, registry, metrics, bootstrap="127.0.0.1:1")
+    state = HubState(settings, db, registry, metrics, kafka=KafkaCluster("127.0.0.1:1"))
     app = create_app(state)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
@@ -501,9 +496,10 @@ async def test_an_older_or_repeated_status_never_overwrites_a_newer_one(env: Env
 
 
 async def test_an_unreachable_database_is_a_503_with_retry_after(tmp_path: Path) -> None:
-    settings = Settings(var_dir=tmp_path, registry_dir=ROOT / "registry")
+    settings = Settings(var_dir=tmp_path)
     db = Database("postgresql+asyncpg://hub:pw@127.0.0.1:1/diasyndesi")
-    state = HubState(settings, db, Registry.load(settings.registry_dir), HubMetrics(), "x:1")
+    registry = Registry.load(settings.registry_dir)
+    state = HubState(settings, db, registry, HubMetrics(), kafka=KafkaCluster("x:1"))
     transport = httpx.ASGITransport(app=create_app(state))
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:

@@ -17,7 +17,7 @@ import zeep.exceptions
 from fastapi import FastAPI
 from zeep.wsse.username import UsernameToken
 
-from connectors.sandboxes.benefits_agency import WSDL_PATH, BenefitsSandboxConfig, create_app
+from connectors.sandboxes.benefits_agency import WSDL, BenefitsSandboxConfig, create_app
 from hub.samples import make_amka
 from hub.servers import RunningServer, start_server
 
@@ -96,7 +96,7 @@ async def test_wsdl_is_the_vendored_file(sandbox: tuple[FastAPI, RunningServer])
         session.get(f"{sandbox[1].url}/soap?wsdl") as response,
     ):
         assert response.status == 200
-        assert await response.read() == WSDL_PATH.read_bytes()
+        assert await response.read() == WSDL.read_bytes()
 
 
 async def test_outside_client_submits_and_reads_status_greek_intact(

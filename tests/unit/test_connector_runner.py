@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from pathlib import Path
 
 from connectors.base import Connector, Delivery, Receipt, idempotency_key
 from hub.breaker import BreakerState
@@ -24,7 +23,7 @@ from hub.retry_topics import (
     retry_topic,
 )
 from hub.samples import sample_referral
-from hub.settings import AgencyConnection, RetrySettings
+from hub.settings import AgencyConnection, RetrySettings, packaged_dir
 from schemas.events import (
     DELIVERY_FAILED,
     DELIVERY_SUCCEEDED,
@@ -36,7 +35,7 @@ from schemas.events import (
 )
 from schemas.referral import Referral
 
-ROOT = Path(__file__).resolve().parents[2]
+MAPPINGS = packaged_dir("mappings")
 REFERRAL_ID = "00000000-0000-4000-8000-0000000000aa"
 
 
@@ -110,7 +109,7 @@ def runner(
     connector = ScriptedConnector(script)
     publisher = MemoryPublisher()
     metrics = HubMetrics()
-    mapping = load_mapping(ROOT / "mappings" / "dypa.yaml", "dypa")
+    mapping = load_mapping(MAPPINGS / "dypa.yaml", "dypa")
     retry = RetrySettings(attempts=attempts, initial_s=0.001, max_s=0.01, jitter_s=0)
     return (
         ConnectorRunner(connector, mapping, publisher, retry, metrics, sleep=no_sleep),
@@ -301,7 +300,7 @@ def runner_with_sleeps(
 
     connector = ScriptedConnector(script)
     publisher = MemoryPublisher()
-    mapping = load_mapping(ROOT / "mappings" / "dypa.yaml", "dypa")
+    mapping = load_mapping(MAPPINGS / "dypa.yaml", "dypa")
     retry = RetrySettings(attempts=attempts, initial_s=0.2, max_s=max_s, jitter_s=0)
     hub_runner = ConnectorRunner(connector, mapping, publisher, retry, HubMetrics(), sleep=sleep)
     hub_runner._clock = lambda: 1000.0  # type: ignore[method-assign]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,11 +19,11 @@ from hub.errors import PermanentError, RetryableError
 from hub.mapping import load_mapping
 from hub.samples import sample_referral
 from hub.servers import RunningServer, start_server
-from hub.settings import AgencyConnection
+from hub.settings import AgencyConnection, packaged_dir
 from schemas.codes import EnrollmentStatus
 from schemas.referral import Referral
 
-ROOT = Path(__file__).resolve().parents[2]
+MAPPINGS = packaged_dir("mappings")
 SECRET = "sandbox-secret-for-tests"
 EVENT_ID = "11111111-2222-4333-8444-555555555555"
 REFERRAL_ID = "00000000-0000-4000-8000-000000000001"
@@ -42,7 +41,7 @@ def dypa_payload() -> dict[str, Any]:
             "routed": ["dypa"],
         }
     )
-    mapping = load_mapping(ROOT / "mappings" / "dypa.yaml", "dypa")
+    mapping = load_mapping(MAPPINGS / "dypa.yaml", "dypa")
     return mapping.apply(referral.model_dump(mode="json"))
 
 

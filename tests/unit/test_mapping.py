@@ -14,11 +14,13 @@ import pytest
 from hub.errors import ConfigurationError
 from hub.mapping import Mapping, load_mapping
 from hub.samples import sample_referral
+from hub.settings import packaged_dir
 from schemas.codes import SPECIAL_CATEGORY_VULNERABILITIES
 from schemas.referral import Referral
 
 ROOT = Path(__file__).resolve().parents[2]
-DYPA_MAPPING = ROOT / "mappings" / "dypa.yaml"
+MAPPINGS = packaged_dir("mappings")
+DYPA_MAPPING = MAPPINGS / "dypa.yaml"
 GOLDEN = ROOT / "tests" / "golden" / "dypa.json"
 REFERRAL_ID = "00000000-0000-4000-8000-000000000001"
 HEAD = "agency: dypa\nversion: 1\n"  # start of a small mapping file written by a test

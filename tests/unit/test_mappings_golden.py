@@ -14,10 +14,13 @@ import pytest
 from hub.mapping import Mapping, load_mapping
 from hub.registry import Registry
 from hub.samples import sample_referral
+from hub.settings import packaged_dir
 from schemas.codes import SPECIAL_CATEGORY_VULNERABILITIES
 from schemas.referral import Referral
 
 ROOT = Path(__file__).resolve().parents[2]
+MAPPINGS = packaged_dir("mappings")
+REGISTRY = packaged_dir("registry")
 GOLDEN_DIR = ROOT / "tests" / "golden"
 REFERRAL_ID = "00000000-0000-4000-8000-000000000001"
 SPECIAL = {code.value for code in SPECIAL_CATEGORY_VULNERABILITIES}
@@ -91,10 +94,10 @@ def fixed_referral(agency: str) -> Referral:
 
 @pytest.fixture(scope="module")
 def mappings() -> dict[str, Mapping]:
-    registry = Registry.load(ROOT / "registry")
+    registry = Registry.load(REGISTRY)
     return {
         agency: load_mapping(
-            ROOT / "mappings" / registry.agencies[agency].mapping,
+            MAPPINGS / registry.agencies[agency].mapping,
             agency,
             registry.agencies[agency].family,
         )

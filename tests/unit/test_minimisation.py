@@ -19,12 +19,12 @@ from hub.errors import ConfigurationError
 from hub.mapping import FieldRule, Mapping, load_mapping
 from hub.registry import Agency, Registry
 from hub.samples import sample_referral
+from hub.settings import packaged_dir
 from hub.transliteration import elot743
 from schemas.codes import SPECIAL_CATEGORY_VULNERABILITIES, ProgrammeCode, Vulnerability
 from schemas.referral import Referral
 
-ROOT = Path(__file__).resolve().parents[2]
-REGISTRY = Registry.load(ROOT / "registry")
+REGISTRY = Registry.load(packaged_dir("registry"))
 AGENCIES = sorted(REGISTRY.agencies)
 SEEDS = range(200)
 SPECIAL = sorted(code.value for code in SPECIAL_CATEGORY_VULNERABILITIES)
@@ -32,7 +32,7 @@ STREETS = ["Δημοκρατίας 1", "Ευαγγελιστρίας 12", "Αγ�
 
 
 def load(agency: Agency) -> Mapping:
-    return load_mapping(ROOT / "mappings" / agency.mapping, agency.id, agency.family)
+    return load_mapping(packaged_dir("mappings") / agency.mapping, agency.id, agency.family)
 
 
 MAPPINGS = {agency_id: load(REGISTRY.agencies[agency_id]) for agency_id in AGENCIES}

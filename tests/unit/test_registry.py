@@ -12,10 +12,10 @@ import pytest
 
 from hub.errors import ConfigurationError, RoutingError
 from hub.registry import Centre, Registry
+from hub.settings import packaged_dir
 from schemas.codes import ProgrammeCode as P
 
-ROOT = Path(__file__).resolve().parents[2]
-REGISTRY_DIR = ROOT / "registry"
+REGISTRY_DIR = packaged_dir("registry")
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from stdnum import luhn
 from stdnum.gr import vat
 
+from hub.settings import packaged_dir
 from schemas import (
     EVENT_MODELS,
     EVENT_TOPICS,
@@ -32,6 +33,7 @@ from schemas import (
 from schemas.export import DEFAULT_OUT_DIR, render_json_schemas
 
 REPO = Path(__file__).resolve().parents[2]
+REGISTRY = packaged_dir("registry")
 REFERRAL_ID = "0b7f9a4e-3c1d-4e2a-9f6b-2d8c5e1a7b90"
 
 
@@ -322,7 +324,7 @@ def test_special_categories_are_vulnerabilities() -> None:
 
 
 def test_programme_registry_covers_every_code_once() -> None:
-    entries = yaml.safe_load((REPO / "registry" / "programmes.yaml").read_text(encoding="utf-8"))
+    entries = yaml.safe_load((REGISTRY / "programmes.yaml").read_text(encoding="utf-8"))
     codes = [entry["code"] for entry in entries]
     assert sorted(codes) == sorted(code.value for code in ProgrammeCode)
     families = {entry["code"]: entry["family"] for entry in entries}

@@ -19,6 +19,7 @@ from hub.api.app import create_app
 from hub.api.deps import HubState
 from hub.api.token_cache import TokenCache
 from hub.auth import Credential, Principal, ensure_dev_credentials, token_id_of
+from hub.bus import KafkaCluster
 from hub.db import Database, utcnow
 from hub.metrics import HubMetrics
 from hub.registry import Registry
@@ -46,18 +47,19 @@ class Serve:
 
 @pytest.fixture
 async def hubs(tmp_path: Path) -> AsyncIterator[list[Serve]]:
+    # The API as production runs it; the settings' own production checks (PostgreSQL,
+    # Kafka, https agencies) are bypassed with model_copy, since they are not under test.
     settings = Settings(
         var_dir=tmp_path,
         registry_dir=ROOT / "registry",
-        environment="production",
         database_url=migrated_database_url(tmp_path),
-    )
+    ).model_copy(update={"environment": "production"})
     registry = Registry.load(settings.registry_dir)
     serves: list[Serve] = []
     for _ in range(2):
         db = Database(settings.database)
         await upgrade(db)
-        state = HubState(settings, db, registry, HubMetrics(), bootstrap="127.0.0.1:1")
+        state = HubState(settings, db, registry, HubMetrics(), kafka=KafkaCluster("127.0.0.1:1"))
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=create_app(state)), base_url="http://hub"
         )
@@ -137,7 +139,7 @@ async def test_development_credentials_are_refused_in_production(
         hub.db,
         registry,
         HubMetrics(),
-        bootstrap="127.0.0.1:1",
+        kafka=KafkaCluster("127.0.0.1:1"),
     )
     assert await development.principal_for(creds["centres"]["KK-KOZANI"]) == Principal(
         "centre", "KK-KOZANI"

@@ -224,7 +224,6 @@ def cli(tmp_path: Path, *args: str) -> Result:
         "DATABASE_URL": migrated_database_url(tmp_path),
         "VAR_DIR": str(tmp_path),
         "REGISTRY_DIR": str(ROOT / "registry"),
-        "ENVIRONMENT": "production",
     }
     return CliRunner().invoke(app, ["token", *args], env=env)
 
