@@ -6,6 +6,7 @@ Only ``referrals.body`` holds personal data; every other column is ids, codes an
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
@@ -265,8 +266,10 @@ class Database:
         self.url = url
         self.dialect = parsed.get_backend_name()
         self.display_url = parsed.render_as_string(hide_password=True)
+        self._write_turn: asyncio.Lock | None = None
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            self._write_turn = asyncio.Lock()
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @property
@@ -284,8 +287,17 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """One unit of work: commits on success, rolls back on any exception."""
-        async with self.sessions() as session, session.begin():
+        """One unit of work: commits on success, rolls back on any exception.
+
+        On SQLite the process's writers take turns (an asyncio lock): SQLite has one writer
+        at a time anyway, and writers that collide inside it wait in its busy handler, which
+        sleeps up to 100 ms a try; that was most of the hub's tail latency. Readers (WAL)
+        never wait. Never open a transaction inside another one."""
+        if self._write_turn is None:
+            async with self.sessions() as session, session.begin():
+                yield session
+            return
+        async with self._write_turn, self.sessions() as session, session.begin():
             yield session
 
     async def dispose(self) -> None:

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, KafkaError
-from sqlalchemy import func, select
 
-from hub.db import Database, DeadLetterRow, DeliveryRow, ProcessedEventRow, ReferralRow, TimelineRow
+from hub.db import Database
 from hub.events import Event, PoisonRecord, decode
 from hub.logs import get_logger
 from hub.metrics import HubMetrics
-from schemas.events import DeliveryOutcome, StatusChanged
+from hub.projection import apply_events
 
 log = get_logger(__name__)
 
@@ -35,109 +34,12 @@ class Projector:
 
     async def apply(self, event: Event) -> bool:
         """Apply one event; False if it was already applied or is not for the read model."""
-        if not isinstance(event.data, DeliveryOutcome | StatusChanged):
-            return False
-        data = event.data
-        async with self.db.transaction() as session:
-            if await session.get(ProcessedEventRow, event.id) is not None:
-                return False
-            session.add(ProcessedEventRow(event_id=event.id, processed_at=datetime.now(UTC)))
-            row = (
-                await session.execute(
-                    select(DeliveryRow).where(
-                        DeliveryRow.referral_id == data.referral_id,
-                        DeliveryRow.agency == data.agency,
-                    )
-                )
-            ).scalar_one_or_none()
-            if row is None:
-                log.warning("event for an unknown delivery", event_id=event.id, agency=data.agency)
-                return False
-            now = datetime.now(UTC)
-            if isinstance(data, DeliveryOutcome):
-                observe = self._apply_outcome(row, data)
-                if data.dead_lettered:
-                    session.add(
-                        DeadLetterRow(
-                            referral_id=data.referral_id,
-                            agency=data.agency,
-                            event_id=data.submitted_event_id,
-                            error_class=data.error_class or "",
-                            reason=data.error_message,
-                            permanent=data.permanent,
-                            attempts=row.attempts,
-                            dead_lettered_at=data.occurred_at,
-                        )
-                    )
-                session.add(
-                    TimelineRow(
-                        referral_id=data.referral_id,
-                        at=data.occurred_at,
-                        agency=data.agency,
-                        kind="delivered" if data.succeeded else "delivery_failed",
-                        detail=data.reference if data.succeeded else data.error_class,
-                    )
-                )
-                if observe:
-                    created = await session.scalar(
-                        select(ReferralRow.created_at).where(ReferralRow.id == data.referral_id)
-                    )
-                    if created is not None:
-                        self.metrics.submit_to_delivered.labels(data.agency).observe(
-                            max((data.occurred_at - created).total_seconds(), 0.0)
-                        )
-            else:
-                latest = await session.scalar(
-                    select(func.max(TimelineRow.at)).where(
-                        TimelineRow.referral_id == data.referral_id,
-                        TimelineRow.agency == data.agency,
-                        TimelineRow.kind == "status",
-                    )
-                )
-                if latest is not None and (
-                    data.occurred_at < latest
-                    or (data.occurred_at == latest and data.status.value == row.status)
-                ):
-                    # Agencies' pushes arrive late, out of order or twice (a push retried
-                    # after a timeout the hub had already answered): never let an older
-                    # status overwrite a newer one. Found by the 2-minute outage scenario.
-                    log.info("older or repeated status ignored", agency=data.agency)
-                    return True
-                row.status = data.status.value
-                if data.reference:
-                    row.reference = data.reference
-                session.add(
-                    TimelineRow(
-                        referral_id=data.referral_id,
-                        at=data.occurred_at,
-                        agency=data.agency,
-                        kind="status",
-                        detail=data.status.value,
-                    )
-                )
-                self.metrics.status_updates.labels(data.agency, data.status.value).inc()
-            row.updated_at = now
-        return True
+        return await self.apply_batch([event]) > 0
 
-    def _apply_outcome(self, row: DeliveryRow, data: DeliveryOutcome) -> bool:
-        """Update one delivery from an outcome; True when it has just become delivered."""
-        row.attempts += data.attempts
-        self.metrics.delivery_attempts.labels(data.agency).inc(data.attempts)
-        if data.succeeded:
-            self.metrics.deliveries.labels(data.agency, "delivered").inc()
-            first = row.delivery != "delivered"
-            row.delivery = "delivered"
-            row.error_class = None
-            row.reference = data.reference or row.reference
-            if first:
-                row.delivered_at = data.occurred_at
-            return first
-        outcome = "dead_lettered" if data.dead_lettered else "retrying"
-        self.metrics.deliveries.labels(data.agency, outcome).inc()
-        if row.delivery != "delivered":
-            row.delivery = outcome
-            row.error_class = data.error_class
-        return False
+    async def apply_batch(self, events: Sequence[Event]) -> int:
+        """Apply events in order, in one transaction (``hub/projection.py``)."""
+        async with self.db.transaction() as session:
+            return await apply_events(session, events, self.metrics)
 
     async def run(self, consumer: AIOKafkaConsumer, commit_timeout_s: float = 10.0) -> None:
         while not self._stopping.is_set():
@@ -149,14 +51,17 @@ class Projector:
                     await asyncio.wait_for(self._stopping.wait(), 1.0)
                 continue
             offsets = {}
+            events = []
             for partition, records in batches.items():
                 for record in records:
                     try:
-                        await self.apply(decode(record.headers, record.key, record.value))
+                        events.append(decode(record.headers, record.key, record.value))
                     except PoisonRecord as exc:
                         self.metrics.poison_records.labels("projector").inc()
                         log.error("projector skipped a poison record", reason=str(exc))
                     offsets[partition] = record.offset + 1
+            if events:
+                await self.apply_batch(events)
             owned = consumer.assignment()
             mine = {tp: off for tp, off in offsets.items() if tp in owned}
             if mine:
