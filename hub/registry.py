@@ -102,6 +102,7 @@ class Registry:
         self.centres = {c.code: c for c in centres}
         self.agencies = {a.id: a for a in agencies}
         self.programmes = {p.code: p for p in programmes}
+        self._due: dict[tuple[str, date], date] = {}  # the calendar is costly to build
         missing = set(ProgrammeCode) - set(self.programmes)
         if missing:
             raise ConfigurationError(
@@ -154,6 +155,9 @@ class Registry:
     def information_due(self, centre_code: str, submitted: date) -> date:
         """The date by which the beneficiary must be informed: 10 Greek working days,
         skipping national holidays (``holidays``) and the municipality's own feast days."""
+        cached = self._due.get((centre_code, submitted))
+        if cached is not None:
+            return cached
         centre = self.centres.get(centre_code)
         if centre is None:
             raise RoutingError(f"unknown centre {centre_code!r}", field="centre")
@@ -167,4 +171,7 @@ class Registry:
         for closure in centre.extra_closures:
             calendar[closure] = "local closure"
         due: date = calendar.get_nth_working_day(submitted, INFORMATION_DUE_WORKING_DAYS)
+        if len(self._due) > 10_000:
+            self._due.clear()
+        self._due[(centre_code, submitted)] = due
         return due

@@ -10,13 +10,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from starlette.requests import ClientDisconnect
 
 from hub.api.deps import HubState, PrincipalDep, StateDep, get_principal
 from hub.db import DeliveryRow, WebhookMessageRow
 from hub.events import encode, new_event_id
-from hub.outbox import add_outbox
+from hub.outbox import TABLES, outbox_values
 from hub.webhooks import SECRET_PREFIX, WebhookError, verify
 from schemas.events import STATUS_CHANGED, TOPIC_STATUS, AgencyStatusUpdate, StatusChanged
 
@@ -77,6 +77,18 @@ async def push_status(
         occurred_at=body.occurred_at,
     )
     event_id = new_event_id()
+    # Read first, outside the write turn: most pushes need only one insert after it.
+    async with state.db.sessions() as session:
+        routed = (
+            await session.execute(
+                select(DeliveryRow.id).where(
+                    DeliveryRow.referral_id == body.referral_id, DeliveryRow.agency == agency
+                )
+            )
+        ).scalar_one_or_none()
+    if routed is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no referral routed to this agency")
+    record = encode(TOPIC_STATUS, STATUS_CHANGED, event, key=body.referral_id, event_id=event_id)
     async with state.db.transaction() as session:
         if message_id is not None:
             seen = await session.get(WebhookMessageRow, (message_id, agency))
@@ -98,19 +110,10 @@ async def push_status(
                     received_at=datetime.now(UTC),
                 )
             )
-        routed = (
-            await session.execute(
-                select(DeliveryRow.id).where(
-                    DeliveryRow.referral_id == body.referral_id, DeliveryRow.agency == agency
-                )
-            )
-        ).scalar_one_or_none()
-        if routed is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "no referral routed to this agency")
-        record = encode(
-            TOPIC_STATUS, STATUS_CHANGED, event, key=body.referral_id, event_id=event_id
+        await session.execute(
+            insert(TABLES["outbox"]),
+            [outbox_values(record, event_id, STATUS_CHANGED, body.referral_id)],
         )
-        add_outbox(session, record, event_id, STATUS_CHANGED, body.referral_id)
         await state.db.notify_outbox(session)
     state.wake_relay()
     return StatusAccepted(event_id=event_id)

@@ -43,7 +43,7 @@ class HubState:
         return await self.tokens.principal_for(token)
 
 
-def get_state(request: Request) -> HubState:
+async def get_state(request: Request) -> HubState:
     state: HubState = request.app.state.hub
     return state
 
@@ -69,7 +69,7 @@ async def get_principal(
     return principal
 
 
-def require_operator(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+async def require_operator(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     if principal.kind != "operator":
         raise HTTPException(status.HTTP_403_FORBIDDEN, "operator access only")
     return principal

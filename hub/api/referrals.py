@@ -61,7 +61,7 @@ def field_error(field: str, message: str, kind: str) -> HTTPException:
     )
 
 
-def idempotency_key(
+async def idempotency_key(
     key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> str:
     if key is None or not key.strip():
