@@ -19,6 +19,7 @@ from hub.api.deps import HubState
 from hub.auth import ensure_dev_credentials
 from hub.broker import EmbeddedBroker
 from hub.bus import HUB_TOPICS, MARKER_TOPIC, KafkaPublisher, ensure_topics, make_consumer
+from hub.connector_loop import ConnectorLoop
 from hub.connector_runner import ConnectorRunner, DrainOnRevoke
 from hub.db import Database
 from hub.errors import BrokerError, ConfigurationError
@@ -191,7 +192,9 @@ class Hub:
                 self._consume(
                     f"diasyndesi.connector.{agency_id}",
                     [TOPIC_REFERRALS, *runner.topics],
-                    runner.run,
+                    ConnectorLoop(
+                        runner, commit_timeout_s=self.settings.consumer.commit_timeout_s
+                    ).run,
                     DrainOnRevoke(runner),
                 ),
             )
