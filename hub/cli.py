@@ -37,11 +37,16 @@ def _settings() -> Settings:
 
 
 async def _until_signal() -> None:
+    await _stop_event().wait()
+
+
+def _stop_event() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (handlers installed now, in the running loop)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 def _run(coro_factory: object) -> None:
@@ -144,7 +149,8 @@ def serve() -> None:
 
 @app.command()
 def worker(agencies: Annotated[list[str], typer.Argument(help="agency ids, e.g. dypa")]) -> None:
-    """Run the connectors of the given agencies (one consumer group each)."""
+    """Run the connectors of the given agencies (one consumer group each), with /metrics,
+    /healthz and /readyz on OBSERVABILITY_PORT (default 9100; 0 = any free port)."""
     from hub.runtime import Hub
 
     settings = _settings()
@@ -160,15 +166,26 @@ def worker(agencies: Annotated[list[str], typer.Argument(help="agency ids, e.g. 
             serve_api=False,
             run_relay=False,
             run_projector=False,
+            observability=True,
         )
         unknown = set(agencies) - set(hub.mappings)
         if unknown:
             raise DiasyndesiError(f"no active agency {sorted(unknown)} in the registry")
+        stop = _stop_event()  # before the start: a SIGTERM while joining still stops cleanly
         await hub.start()
         try:
-            await hub.wait_consumers_assigned()
-            typer.echo(f"Diasyndesi worker ready: {', '.join(agencies)}")
-            await _until_signal()
+            # No deadline: a worker started while the broker is away (e.g. restarted by `up`
+            # when its broker died) joins once it is back; /readyz says how far it got.
+            joined = asyncio.ensure_future(hub.wait_consumers_assigned(float("inf")))
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({joined, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            joined.cancel()
+            if not stop.is_set():
+                typer.echo(
+                    f"Diasyndesi worker ready: {', '.join(agencies)} "
+                    f"(metrics and health at {hub.health_url})"
+                )
+            await stopped
         finally:
             await hub.stop()
 

@@ -130,6 +130,22 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="how often agencies that cannot push are asked"
     )
 
+    # Supervision and observability of each process.
+    observability_host: str = "127.0.0.1"
+    observability_port: int = Field(
+        default=9100,
+        ge=0,
+        le=65535,
+        description="where a worker serves /metrics, /healthz and /readyz (0: any free port; "
+        "give each worker on one machine its own)",
+    )
+    task_restart_initial_s: float = Field(
+        default=0.5, gt=0, description="first wait before a crashed task is restarted"
+    )
+    task_restart_max_s: float = Field(
+        default=30.0, gt=0, description="cap of the doubling wait between task restarts"
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
 
