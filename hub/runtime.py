@@ -93,9 +93,11 @@ class Hub:
         self.db = Database(settings.database)
         self.publisher = KafkaPublisher(bootstrap, settings.producer, client_id="diasyndesi-hub")
         levels = len(settings.retry.topic_delays_s)
+        # Only the relay's process creates the marker: a worker (re)started after the broker
+        # lost its data must not re-create it before the relay has seen it gone and re-driven.
         self.topics = [
             *HUB_TOPICS,
-            MARKER_TOPIC,
+            *([MARKER_TOPIC] if run_relay else []),
             *(t for agency in self.mappings for t in connector_topics(agency, levels)),
         ]
         self.supervisor = Supervisor(
