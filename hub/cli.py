@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -59,9 +58,11 @@ def _run(coro_factory: object) -> None:
 
 @app.command()
 def up() -> None:
-    """Everything on embedded defaults: broker, SQLite, sandbox agencies, API, relay,
-    projector and connectors, in one process tree."""
-    from hub.runtime import Embedded
+    """Production in miniature on embedded defaults: the broker, `serve`, the workers and
+    the sandbox agencies, each a supervised child process (restarted if it dies); SQLite
+    under ./var. Ctrl+C stops them all."""
+    from hub.registry import Registry
+    from hub.up import run_up
 
     settings = _settings()
     if not settings.embedded:
@@ -71,55 +72,8 @@ def up() -> None:
             err=True,
         )
         raise typer.Exit(2)
-
-    async def main() -> None:
-        started = time.perf_counter()
-        embedded = Embedded(settings)
-        try:
-            await embedded.start()
-            assert embedded.hub is not None
-            await _wait_ready(embedded.hub.api_url)
-            api_ready = time.perf_counter() - started
-            await embedded.hub.wait_consumers_assigned()
-            elapsed = time.perf_counter() - started
-            typer.echo(_banner(embedded.hub.api_url, embedded.credentials_path, api_ready, elapsed))
-            await _until_signal()
-        finally:
-            typer.echo("stopping…")
-            await embedded.stop()
-
-    _run(main())
-
-
-async def _wait_ready(url: str, timeout_s: float = 60.0) -> None:
-    import aiohttp
-
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(f"{url}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise DiasyndesiError(f"hub not ready after {timeout_s} s")
-
-
-def _banner(url: str, credentials: str, api_ready: float, elapsed: float) -> str:
-    return f"""
-Diasyndesi is ready in {elapsed:.1f} s (API answering after {api_ready:.1f} s, connectors joined)
-  API and docs : {url}  ({url}/docs)
-  health       : {url}/readyz   metrics: {url}/metrics
-  credentials  : {credentials}
-Try it:
-  .venv/bin/diasyndesi demo       # submits sample referrals and shows them propagate
-  TOKEN=$(python3 -c 'import json;print(json.load(open("{credentials}"))["centres"]["KK-KOZANI"])')
-  curl -s {url}/v1/agencies -H "Authorization: Bearer $TOKEN"
-  (README.md has the whole curl walkthrough: submit, read back, agency status.)
-Press Ctrl+C to stop.
-"""
+    agencies = [a.id for a in Registry.load(settings.registry_dir).active_agencies]
+    _run(run_up(settings, agencies, say=typer.echo))
 
 
 @app.command()

@@ -1,6 +1,7 @@
-"""Process composition: the hub (API, relay, projector, connector runners) and, in embedded
-mode, the broker and sandbox agencies. ``diasyndesi up`` and the integration tests both
-build on these two classes, so tests exercise exactly what ``make run`` starts.
+"""Process composition: the hub (API, relay, projector, connector runners) as ``serve`` and
+``worker`` run it, each long-running task supervised; and ``Embedded``, the same pieces plus
+the broker and the sandbox agencies in one process, for the integration tests and the
+benchmark. ``diasyndesi up`` runs them as separate processes instead (``hub/up.py``).
 """
 
 from __future__ import annotations
@@ -355,7 +356,8 @@ def _merge_connections(
 
 
 class Embedded:
-    """Everything ``make run`` starts: broker, sandboxes, hub, with dev credentials."""
+    """Broker, sandboxes and hub with dev credentials in one process: what ``make run``
+    starts as a process tree, composed in-process for the integration tests and benchmarks."""
 
     def __init__(self, settings: Settings) -> None:
         if "session_timeout_ms" not in settings.consumer.model_fields_set:

@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="how often agencies that cannot push are asked"
     )
 
-    # Supervision and observability of each process.
+    # Supervision and observability of each process, and the process tree of `up`.
     observability_host: str = "127.0.0.1"
     observability_port: int = Field(
         default=9100,
@@ -144,6 +144,14 @@ class Settings(BaseSettings):
     )
     task_restart_max_s: float = Field(
         default=30.0, gt=0, description="cap of the doubling wait between task restarts"
+    )
+    up_workers: int = Field(
+        default=1, ge=1, le=5, description="worker processes `up` starts (agencies shared out)"
+    )
+    up_restart_broker: bool = Field(
+        default=True,
+        description="`up` restarts its broker when it dies (false: it stays down, e.g. for a "
+        "fault test that brings its own)",
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
