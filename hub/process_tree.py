@@ -192,7 +192,7 @@ class ProcessTree:
             if pending and time.monotonic() > deadline:
                 raise DiasyndesiError(f"not ready within {timeout_s:.0f} s: {', '.join(pending)}")
             if pending:
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.1)
 
     def _signal(self, child: Child, sig: signal.Signals) -> None:
         if child.running:

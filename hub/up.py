@@ -66,6 +66,11 @@ async def http_status(host: str, port: int, path: str, timeout_s: float = 2.0) -
         writer.close()
 
 
+def reachable(host: str) -> str:
+    """Where to connect to a server listening on ``host`` (any address: loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - compared only
+
+
 def ready_at(host: str, port: int) -> Probe:
     """A child is ready when its ``/readyz`` answers 200."""
 
@@ -195,7 +200,8 @@ def children(p: Plan) -> list[ChildSpec]:
         return port_open(host, p.broker_port)
 
     async def sandbox_ready() -> bool:
-        return all(port_open(p.settings.sandbox_host, port) for port in p.sandbox_ports.values())
+        sandbox = reachable(p.settings.sandbox_host)
+        return all(port_open(sandbox, port) for port in p.sandbox_ports.values())
 
     specs = [
         ChildSpec(
@@ -206,7 +212,12 @@ def children(p: Plan) -> list[ChildSpec]:
             restart=p.settings.up_restart_broker,
             last=True,
         ),
-        ChildSpec("serve", [*diasyndesi, "serve"], p.env, ready_at(host, p.api_port)),
+        ChildSpec(
+            "serve",
+            [*diasyndesi, "serve"],
+            p.env,
+            ready_at(reachable(p.settings.api_host), p.api_port),
+        ),
     ]
     for name, port, agencies in p.workers:
         env = {**p.env, "OBSERVABILITY_PORT": str(port)}
@@ -215,7 +226,7 @@ def children(p: Plan) -> list[ChildSpec]:
                 name,
                 [*diasyndesi, "worker", *agencies],
                 env,
-                ready_at(p.settings.observability_host, port),
+                ready_at(reachable(p.settings.observability_host), port),
                 restart_with="broker",
             )
         )
