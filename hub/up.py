@@ -20,6 +20,7 @@ they die (``hub/process_tree.py``); Ctrl+C stops them all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -262,6 +263,30 @@ Press Ctrl+C to stop.
 """
 
 
+async def bring_up(tree: ProcessTree, p: Plan) -> None:
+    """The broker first (every other child connects to it); then serve and the workers; the
+    sandbox once those answer /healthz, so that it imports while they wait for their group
+    joins (on two cores three imports at once slowed every one); then wait for all."""
+    specs = {spec.name: spec for spec in children(p)}
+    tree.start(specs.pop("broker"))
+    await tree.wait_ready(["broker"], 10.0)
+    sandbox = specs.pop("sandbox")
+    for spec in specs.values():
+        tree.start(spec)
+    host = reachable(p.settings.api_host)
+    probes = [(host, p.api_port)] + [
+        (reachable(p.settings.observability_host), port) for _, port, _ in p.workers
+    ]
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:  # best effort: start the sandbox regardless after it
+        answers = [await http_status(h, port, "/healthz") for h, port in probes]
+        if all(answer == 200 for answer in answers):
+            break
+        await asyncio.sleep(0.1)
+    tree.start(sandbox)
+    await tree.wait_ready([*specs, sandbox.name], READY_TIMEOUT_S)
+
+
 async def run_up(
     settings: Settings, agencies: list[str], say: Callable[[str], object] = print
 ) -> None:
@@ -285,23 +310,18 @@ async def run_up(
     p = plan(settings, agencies)
     try:
         await prepare(settings)
-        specs = children(p)
-        tree.start(specs[0])  # the broker first: every other child connects to it
-        await tree.wait_ready(["broker"], 10.0)
-        for spec in specs[1:]:
-            tree.start(spec)
-        waiting = asyncio.ensure_future(
-            tree.wait_ready([s.name for s in specs if s.name != "broker"], READY_TIMEOUT_S)
-        )
+        bringing_up = asyncio.ensure_future(bring_up(tree, p))
         stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({waiting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if waiting.done():
+        await asyncio.wait({bringing_up, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if bringing_up.done():
             stopped.cancel()
-            waiting.result()  # raises if not ready in time
+            bringing_up.result()  # raises if not ready in time
             say(banner(p, tree, time.perf_counter() - started))
             await stop.wait()
         else:
-            waiting.cancel()
+            bringing_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await bringing_up
     finally:
         say("stopping…")
         await tree.stop()
