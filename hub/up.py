@@ -193,7 +193,7 @@ async def prepare(settings: Settings) -> None:
 
 
 def children(p: Plan) -> list[ChildSpec]:
-    """The process tree, in start order."""
+    """The children of the tree (``bring_up`` decides when each starts)."""
     diasyndesi = _command()
     host = p.host
 
