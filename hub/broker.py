@@ -31,12 +31,28 @@ except OSError:  # not Linux: the broker may outlive a SIGKILLed hub there
     _LIBC = None
 
 
-def _die_with_parent() -> None:
-    """Runs in the child between fork and exec: ask the kernel to SIGTERM the broker when
-    the hub dies, even by SIGKILL, so a crashed ``up`` never leaves an orphan holding the
-    port. (Tied to the forking thread: brokers are started from the main thread.)"""
+def die_with_parent() -> None:
+    """Runs in the child between fork and exec: ask the kernel to SIGTERM the child when
+    its parent dies, even by SIGKILL, so a crashed ``up`` never leaves an orphan holding a
+    port. (Tied to the forking thread: children are started from the main thread.)"""
     if _LIBC is not None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def broker_command(host: str, port: int) -> list[str]:
+    """The command line of a memory-only Tansu broker listening on ``host:port``."""
+    url = f"tcp://{host}:{port}"
+    return [
+        str(tansu_binary()),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+        "--silent",
+    ]
 
 
 def tansu_binary() -> Path:
@@ -87,23 +103,12 @@ class EmbeddedBroker:
                 f"embedded broker port {self.port} is already in use; "
                 "set EMBEDDED_BROKER_PORT or KAFKA_BOOTSTRAP_SERVERS"
             )
-        url = f"tcp://{self.host}:{self.port}"
         self._process = subprocess.Popen(  # noqa: S603 - fixed binary, fixed arguments
-            [
-                str(tansu_binary()),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-                "--silent",
-            ],
+            broker_command(self.host, self.port),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl+C reaches the hub, which then stops the broker
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while not port_open(self.host, self.port):

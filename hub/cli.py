@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -48,11 +47,16 @@ def _settings() -> Settings:
 
 
 async def _until_signal() -> None:
+    await _stop_event().wait()
+
+
+def _stop_event() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (handlers installed now, in the running loop)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 def _run(coro_factory: object) -> None:
@@ -65,9 +69,11 @@ def _run(coro_factory: object) -> None:
 
 @app.command()
 def up() -> None:
-    """Everything on embedded defaults: broker, SQLite, sandbox agencies, API, relay,
-    projector and connectors, in one process tree."""
-    from hub.runtime import Embedded
+    """Production in miniature on embedded defaults: the broker, `serve`, the workers and
+    the sandbox agencies, each a supervised child process (restarted if it dies); SQLite
+    under ./var. Ctrl+C stops them all."""
+    from hub.registry import Registry
+    from hub.up import run_up
 
     settings = _settings()
     if not settings.embedded:
@@ -77,55 +83,8 @@ def up() -> None:
             err=True,
         )
         raise typer.Exit(2)
-
-    async def main() -> None:
-        started = time.perf_counter()
-        embedded = Embedded(settings)
-        try:
-            await embedded.start()
-            assert embedded.hub is not None
-            await _wait_ready(embedded.hub.api_url)
-            api_ready = time.perf_counter() - started
-            await embedded.hub.wait_consumers_assigned()
-            elapsed = time.perf_counter() - started
-            typer.echo(_banner(embedded.hub.api_url, embedded.credentials_path, api_ready, elapsed))
-            await _until_signal()
-        finally:
-            typer.echo("stopping…")
-            await embedded.stop()
-
-    _run(main())
-
-
-async def _wait_ready(url: str, timeout_s: float = 60.0) -> None:
-    import aiohttp
-
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(f"{url}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise DiasyndesiError(f"hub not ready after {timeout_s} s")
-
-
-def _banner(url: str, credentials: str, api_ready: float, elapsed: float) -> str:
-    return f"""
-Diasyndesi is ready in {elapsed:.1f} s (API answering after {api_ready:.1f} s, connectors joined)
-  API and docs : {url}  ({url}/docs)
-  health       : {url}/readyz   metrics: {url}/metrics
-  credentials  : {credentials}
-Try it:
-  .venv/bin/diasyndesi demo       # submits sample referrals and shows them propagate
-  TOKEN=$(python3 -c 'import json;print(json.load(open("{credentials}"))["centres"]["KK-KOZANI"])')
-  curl -s {url}/v1/agencies -H "Authorization: Bearer $TOKEN"
-  (README.md has the whole curl walkthrough: submit, read back, agency status.)
-Press Ctrl+C to stop.
-"""
+    agencies = [a.id for a in Registry.load(settings.registry_dir).active_agencies]
+    _run(run_up(settings, agencies, say=typer.echo))
 
 
 @app.command()
@@ -155,7 +114,8 @@ def serve() -> None:
 
 @app.command()
 def worker(agencies: Annotated[list[str], typer.Argument(help="agency ids, e.g. dypa")]) -> None:
-    """Run the connectors of the given agencies (one consumer group each)."""
+    """Run the connectors of the given agencies (one consumer group each), with /metrics,
+    /healthz and /readyz on OBSERVABILITY_PORT (default 9100; 0 = any free port)."""
     from hub.runtime import Hub
 
     settings = _settings()
@@ -173,15 +133,26 @@ def worker(agencies: Annotated[list[str], typer.Argument(help="agency ids, e.g. 
             serve_api=False,
             run_relay=False,
             run_projector=False,
+            observability=True,
         )
         unknown = set(agencies) - set(hub.mappings)
         if unknown:
             raise DiasyndesiError(f"no active agency {sorted(unknown)} in the registry")
+        stop = _stop_event()  # before the start: a SIGTERM while joining still stops cleanly
         await hub.start()
         try:
-            await hub.wait_consumers_assigned()
-            typer.echo(f"Diasyndesi worker ready: {', '.join(agencies)}")
-            await _until_signal()
+            # No deadline: a worker started while the broker is away (e.g. restarted by `up`
+            # when its broker died) joins once it is back; /readyz says how far it got.
+            joined = asyncio.ensure_future(hub.wait_consumers_assigned(float("inf")))
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({joined, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            joined.cancel()
+            if not stop.is_set():
+                typer.echo(
+                    f"Diasyndesi worker ready: {', '.join(agencies)} "
+                    f"(metrics and health at {hub.health_url})"
+                )
+            await stopped
         finally:
             await hub.stop()
 

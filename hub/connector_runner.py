@@ -10,9 +10,14 @@ dead-letter topic (permanent failure, or retries exhausted). The outcome is publ
 before the commit means the record is delivered again with the same idempotency key, which
 the agency recognises: at-least-once on the wire, exactly-once in effect.
 
-A retry-topic partition whose head record is not yet due is paused (and the consumer seeks
-back to it) until it is; a circuit breaker pauses all of this connector's partitions after
-consecutive failures. Neither ever touches another agency's consumer group.
+Any other error while handling one record (a mapping that cannot build the payload, an
+agency receipt that fails validation, a bug) dead-letters that record at once with its
+error class (``mapping_error``, ``invalid_receipt``, ``unexpected:<ExceptionType>``; never the
+exception's message, which may quote personal data) and records a failed outcome: one
+record never stops a partition or the consumer.
+
+The Kafka loop (fetch, hold retry partitions until due, pause while the circuit breaker is
+open, commit) is ``hub/connector_loop.py``. Neither ever touches another agency's group.
 """
 
 from __future__ import annotations
@@ -20,14 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka import ConsumerRebalanceListener
+from pydantic import ValidationError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -41,12 +45,13 @@ from connectors.base import Connector, Delivery, Receipt, idempotency_key
 from hub.breaker import BreakerState, CircuitBreaker
 from hub.bus import Publisher
 from hub.errors import BrokerError, DeliveryError, PermanentError, RetryableError
-from hub.events import Event, OutgoingRecord, PoisonRecord, decode, encode
+from hub.events import Event, OutgoingRecord, encode
 from hub.logs import get_logger
 from hub.mapping import Mapping
 from hub.metrics import HubMetrics
 from hub.retry_topics import H_REDRIVE_FOR, RetryState, dlq_topic, reroute, retry_topic
 from hub.settings import RetrySettings
+from hub.supervisor import where
 from schemas.events import TOPIC_DELIVERIES, DeliveryOutcome, ReferralSubmitted
 
 log = get_logger(__name__)
@@ -87,6 +92,22 @@ class Incoming:
     value: bytes | None
     origin: str
     retry: RetryState
+
+
+def _referral_id(incoming: Incoming) -> str:
+    """The referral a record is about (its Kafka key says the same; the event is the source)."""
+    data = incoming.event.data
+    return data.referral.id if isinstance(data, ReferralSubmitted) else incoming.event.subject or ""
+
+
+def validation_summary(exc: ValidationError) -> str:
+    """Which fields failed and how (``reference: string_too_long``), never the input:
+    ``str()`` of a pydantic error quotes the offending value, which may be personal data."""
+    parts = [
+        f"{'.'.join(str(p) for p in error['loc']) or 'value'}: {error['type']}"
+        for error in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+    return "; ".join(parts)[:200]
 
 
 class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -138,11 +159,8 @@ class ConnectorRunner:
         self._sleep = sleep
         self._clock = clock
         self._stopping = asyncio.Event()
-        self.idle = asyncio.Event()
+        self.idle = asyncio.Event()  # clear while a batch is in flight (DrainOnRevoke)
         self.idle.set()
-        self.stall_s = 120.0
-        self._last_progress = time.monotonic()
-        self._last_watch = 0.0
         self.breaker = CircuitBreaker(
             retry.breaker_threshold, retry.breaker_cooldown_s, on_change=self._breaker_changed
         )
@@ -162,30 +180,86 @@ class ConnectorRunner:
     # -- one record -------------------------------------------------------------------------
 
     async def handle(self, incoming: Incoming) -> DeliveryOutcome | None:
-        """Deliver one event if it is for this agency; return the recorded outcome."""
+        """Deliver one event if it is for this agency; return the recorded outcome.
+
+        A mapping that cannot build the payload, or an agency receipt that is not valid
+        (e.g. a reference longer than the canonical 64 characters), dead-letters the record
+        with ``mapping_error`` or ``invalid_receipt``; see ``handle_safely`` for the rest."""
         event = incoming.event
         if not isinstance(event.data, ReferralSubmitted):
             return None  # withdrawals and other types are not this runner's job yet
         referral = event.data.referral
         if self.agency not in referral.routed or not self._still_owed(incoming):
             return None
+        try:
+            payload = self.mapping.apply(referral.model_dump(mode="json"))
+        except Exception as exc:  # the message may quote the value it choked on: type only
+            return await self.dead_letter(
+                incoming, "mapping_error", f"mapping failed: {type(exc).__name__}"
+            )
         delivery = Delivery(
             event_id=event.id,
             referral_id=referral.id,
             agency=self.agency,
             idempotency_key=idempotency_key(event.id, self.agency),
-            payload=self.mapping.apply(referral.model_dump(mode="json")),
+            payload=payload,
         )
         async with self._limit:
             result, used = await self._attempt(delivery)
         attempts = incoming.retry.attempts + used
         if isinstance(result, Receipt):
-            self.breaker.success()
-            outcome = self._outcome(delivery, attempts, receipt=result)
+            self.breaker.success()  # the agency answered; what it answered is another matter
+            try:
+                outcome = self._outcome(incoming, attempts, receipt=result)
+            except ValidationError as exc:
+                return await self.dead_letter(
+                    incoming,
+                    "invalid_receipt",
+                    f"agency receipt invalid: {validation_summary(exc)}",
+                    attempts=attempts,
+                )
         else:
             if isinstance(result, RetryableError):
                 self.breaker.failure()
-            outcome = await self._reroute(incoming, delivery, attempts, result)
+            outcome = await self._reroute(incoming, attempts, result)
+        await self._record(outcome)
+        return outcome
+
+    async def handle_safely(self, incoming: Incoming) -> DeliveryOutcome | None:
+        """``handle``, with any unexpected error turned into a dead letter for this record
+        (``unexpected:<ExceptionType>``), so one record never stops the partition or the
+        consumer. Only a bus failure while stopping escapes: that record stays uncommitted
+        and comes back to whoever owns the partition next."""
+        try:
+            return await self.handle(incoming)
+        except BrokerError:
+            raise
+        except Exception as exc:
+            error_class = f"unexpected:{type(exc).__name__}"[:100]
+            log.error(
+                "unexpected error while handling a record; dead-lettering it",
+                agency=self.agency,
+                event_id=incoming.event.id,
+                error_class=error_class,
+                where=where(exc),
+            )
+            if not isinstance(incoming.event.data, ReferralSubmitted):
+                self.metrics.record_errors.labels(self.agency, error_class).inc()
+                return None  # nothing this runner would deliver: nothing to dead-letter
+            return await self.dead_letter(
+                incoming, error_class, f"unexpected {type(exc).__name__} in the hub"
+            )
+
+    async def dead_letter(
+        self, incoming: Incoming, error_class: str, detail: str, *, attempts: int | None = None
+    ) -> DeliveryOutcome:
+        """Send this record to ``kk.dlq.<agency>`` at once and record a failed, permanent,
+        dead-lettered outcome (so the read model shows ``dead_lettered``). ``detail`` must
+        name classes and fields only, never values."""
+        self.metrics.record_errors.labels(self.agency, error_class).inc()
+        error = PermanentError(detail, error_class=error_class)
+        tried = incoming.retry.attempts if attempts is None else attempts
+        outcome = await self._reroute(incoming, tried, error)
         await self._record(outcome)
         return outcome
 
@@ -197,7 +271,7 @@ class ConnectorRunner:
         return True
 
     async def _reroute(
-        self, incoming: Incoming, delivery: Delivery, attempts: int, error: DeliveryError
+        self, incoming: Incoming, attempts: int, error: DeliveryError
     ) -> DeliveryOutcome:
         """Send a failed delivery on to the next retry topic or to the dead-letter topic."""
         now = self._clock()
@@ -227,12 +301,12 @@ class ConnectorRunner:
         log.warning(
             "delivery failed; dead-lettered" if dead else "delivery failed; scheduled retry",
             agency=self.agency,
-            referral_id=delivery.referral_id,
+            referral_id=_referral_id(incoming),
             error_class=error.error_class,
             attempts=attempts,
             topic=topic,
         )
-        return self._outcome(delivery, attempts, error=error, dead_lettered=dead)
+        return self._outcome(incoming, attempts, error=error, dead_lettered=dead)
 
     async def _attempt(self, delivery: Delivery) -> tuple[Receipt | DeliveryError, int]:
         """The quick in-process attempts: exponential backoff with jitter, honouring an
@@ -278,7 +352,7 @@ class ConnectorRunner:
 
     def _outcome(
         self,
-        delivery: Delivery,
+        incoming: Incoming,
         attempts: int,
         *,
         receipt: Receipt | None = None,
@@ -286,7 +360,7 @@ class ConnectorRunner:
         dead_lettered: bool = False,
     ) -> DeliveryOutcome:
         return DeliveryOutcome(
-            referral_id=delivery.referral_id,
+            referral_id=_referral_id(incoming),
             agency=self.agency,
             succeeded=error is None,
             attempts=max(attempts, 1),
@@ -296,7 +370,7 @@ class ConnectorRunner:
             permanent=isinstance(error, PermanentError),
             dead_lettered=dead_lettered,
             occurred_at=datetime.now(UTC),
-            submitted_event_id=delivery.event_id,
+            submitted_event_id=incoming.event.id,
         )
 
     async def _record(self, outcome: DeliveryOutcome) -> None:
@@ -321,137 +395,19 @@ class ConnectorRunner:
             await asyncio.wait_for(self._stopping.wait(), seconds)
         return self._stopping.is_set()
 
-    # -- the Kafka loop ---------------------------------------------------------------------
+    # -- for the Kafka loop (hub/connector_loop.py) ------------------------------------------
 
-    async def run(self, consumer: AIOKafkaConsumer, commit_timeout_s: float = 10.0) -> None:
-        """Consume until ``stop()``; commit each batch only after every outcome is recorded."""
-        await self.connector.start()
-        held: dict[TopicPartition, float] = {}  # retry partitions paused until a due time
-        try:
-            while not self._stopping.is_set():
-                self._release(consumer, held)
-                try:
-                    batches = await consumer.getmany(timeout_ms=200)
-                except KafkaError as exc:
-                    log.warning("fetch failed", agency=self.agency, error=type(exc).__name__)
-                    await self._stopped_within(1.0)
-                    continue
-                if batches:
-                    self.idle.clear()
-                    try:
-                        offsets = await self._process(consumer, batches, held)
-                        await self._commit(consumer, offsets, commit_timeout_s)
-                    finally:
-                        self.idle.set()
-                    self._last_progress = time.monotonic()
-                elif time.monotonic() - self._last_watch > 5.0:
-                    self._last_watch = time.monotonic()
-                    await self._watch(consumer, held)
-        finally:
-            await self.connector.stop()
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
-    async def _watch(self, consumer: AIOKafkaConsumer, held: dict[TopicPartition, float]) -> None:
-        """Notice a consumer that makes no progress although records are waiting (lag on a
-        partition that is neither held for a due time nor paused by the breaker)."""
-        if self.breaker.state == BreakerState.OPEN:
-            return
-        lag = 0
-        for tp in consumer.assignment():
-            if tp in held:
-                continue
-            highwater = consumer.highwater(tp)
-            if highwater is None:
-                continue
-            try:
-                position = await asyncio.wait_for(consumer.position(tp), 1.0)
-            except (KafkaError, TimeoutError):
-                continue
-            lag += max(highwater - position, 0)
-        stalled = lag > 0 and time.monotonic() - self._last_progress > self.stall_s
-        self.metrics.consumer_lag.labels(self.agency).set(lag)
-        self.metrics.consumer_stalled.labels(self.agency).set(1 if stalled else 0)
-        if stalled:
-            log.error(
-                "consumer makes no progress although records wait", agency=self.agency, lag=lag
-            )
+    def now(self) -> float:
+        """The clock retry due times are measured on (injectable for tests)."""
+        return self._clock()
 
-    def _release(self, consumer: AIOKafkaConsumer, held: dict[TopicPartition, float]) -> None:
-        """Resume what is due and what the breaker allows; pause everything while it is open."""
-        owned = consumer.assignment()
-        if not self.breaker.allows():
-            consumer.pause(*owned)
-            return
-        now = self._clock()
-        for tp in list(held):
-            if tp not in owned:
-                del held[tp]
-            elif held[tp] <= now:
-                del held[tp]
-        consumer.resume(*(tp for tp in owned if tp not in held))
-
-    async def _process(
-        self,
-        consumer: AIOKafkaConsumer,
-        batches: dict[TopicPartition, list[Any]],
-        held: dict[TopicPartition, float],
-    ) -> dict[TopicPartition, int]:
-        """Records with the same key in order, others concurrently. A retry partition stops
-        at its first record that is not yet due: pause, seek back, commit up to it."""
-        by_key: dict[bytes | None, list[Incoming]] = defaultdict(list)
-        offsets: dict[TopicPartition, int] = {}
-        now = self._clock()
-        for tp, records in batches.items():
-            for record in records:
-                retry = RetryState.from_headers(record.headers)
-                if tp.topic != retry_topic(self.agency, retry.level) and retry.level:
-                    retry = RetryState()  # headers copied from elsewhere: start afresh
-                if retry.due > now:
-                    held[tp] = retry.due
-                    consumer.seek(tp, record.offset)
-                    consumer.pause(tp)
-                    break
-                offsets[tp] = record.offset + 1
-                try:
-                    event = decode(record.headers, record.key, record.value)
-                except PoisonRecord as exc:
-                    self.metrics.poison_records.labels(self.agency).inc()
-                    log.error("skipping poison record", agency=self.agency, reason=str(exc))
-                    continue
-                by_key[record.key].append(
-                    Incoming(
-                        event,
-                        list(record.headers),
-                        record.key,
-                        record.value,
-                        f"{tp.topic}/{tp.partition}/{record.offset}",
-                        retry,
-                    )
-                )
-
-        async def in_order(items: list[Incoming]) -> None:
-            for item in items:
-                await self.handle(item)
-
-        await asyncio.gather(*(in_order(items) for items in by_key.values()))
-        return offsets
-
-    async def _commit(
-        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], timeout_s: float
-    ) -> None:
-        owned = consumer.assignment()
-        mine = {tp: offset for tp, offset in offsets.items() if tp in owned}
-        if not mine:
-            return
-        try:
-            await asyncio.wait_for(consumer.commit(mine), timeout_s)
-        except (CommitFailedError, KafkaError, TimeoutError) as exc:
-            # The records will come back to whoever owns the partition; the agency's
-            # idempotency absorbs the repeat.
-            log.warning(
-                "commit failed; records may be redelivered",
-                agency=self.agency,
-                error=type(exc).__name__,
-            )
+    async def stopped_within(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; True as soon as the runner is told to stop."""
+        return await self._stopped_within(seconds)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -122,3 +122,23 @@ class HubMetrics:
             ["connector", "status"],
             registry=r,
         )
+        self.task_restarts = Counter(
+            "diasyndesi_task_restarts",
+            "Long-running tasks of this process restarted after ending unexpectedly, per task "
+            "(relay, projector, connector:<agency>, poller:<agency>, ...).",
+            ["task"],
+            registry=r,
+        )
+        self.task_up = Gauge(
+            "diasyndesi_task_up",
+            "1 while a supervised task of this process runs, 0 while it waits to be restarted.",
+            ["task"],
+            registry=r,
+        )
+        self.record_errors = Counter(
+            "diasyndesi_record_errors",
+            "Records whose handling raised an unexpected error (dead-lettered by a connector, "
+            "skipped by the projector), per consumer and error class.",
+            ["consumer", "error_class"],
+            registry=r,
+        )

@@ -10,17 +10,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
+from sqlalchemy import exc as sa_exc
 
 from hub.db import Database
 from hub.events import Event, PoisonRecord, decode
 from hub.logs import get_logger
 from hub.metrics import HubMetrics
 from hub.projection import apply_events
+from hub.supervisor import where
 
 log = get_logger(__name__)
+
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,  # connection lost, server gone, SQLite "database is locked"
+    sa_exc.InterfaceError,  # the driver's connection is unusable
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,  # no connection free in the pool
+    OSError,  # includes ConnectionError and TimeoutError
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` says the database (or the way to it) is unavailable, not that the
+    event is bad: such an event is retried, never skipped. Everything else raised while
+    applying one event (a constraint it violates, a bug) is about that event and skips it."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OUTAGE_ERRORS)
 
 
 class Projector:
@@ -42,33 +62,123 @@ class Projector:
             return await apply_events(session, events, self.metrics)
 
     async def run(self, consumer: AIOKafkaConsumer, commit_timeout_s: float = 10.0) -> None:
+        """Apply events in partition order and commit what was applied.
+
+        One bad event never stops the projector: poison is skipped, and any unexpected error
+        while applying one event is counted (``diasyndesi_record_errors{consumer="projector"}``),
+        logged by class and skipped. An outage of the database is not the event's fault and
+        must not lose it: the partition is sought back to that event, nothing after it is
+        committed, and the projector tries again after a backoff."""
+        backoff = 0.2
         while not self._stopping.is_set():
             try:
                 batches = await consumer.getmany(timeout_ms=200)
             except KafkaError as exc:
                 log.warning("projector fetch failed", error=type(exc).__name__)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), 1.0)
+                await self._pause(1.0)
                 continue
-            offsets = {}
-            events = []
-            for partition, records in batches.items():
-                for record in records:
-                    try:
-                        events.append(decode(record.headers, record.key, record.value))
-                    except PoisonRecord as exc:
-                        self.metrics.poison_records.labels("projector").inc()
-                        log.error("projector skipped a poison record", reason=str(exc))
-                    offsets[partition] = record.offset + 1
-            if events:
-                await self.apply_batch(events)
-            owned = consumer.assignment()
-            mine = {tp: off for tp, off in offsets.items() if tp in owned}
-            if mine:
+            if not batches:
+                continue
+            outage: Exception | None = None
+            try:
+                offsets = await self._apply_whole(batches)
+            except Exception as exc:
+                if is_outage(exc):
+                    offsets, outage = {}, exc
+                    for partition, records in batches.items():
+                        consumer.seek(partition, records[0].offset)  # read them again
+                else:  # one event spoils the batch: apply one by one to find and skip it
+                    offsets, outage = await self._apply_each(consumer, batches)
+            await self._commit(consumer, offsets, commit_timeout_s)
+            if outage is not None:
+                log.warning(
+                    "projector cannot reach the database; will retry the event",
+                    error=type(outage).__name__,
+                    retry_in_s=backoff,
+                )
+                await self._pause(backoff)
+                backoff = min(backoff * 2, 5.0)
+            else:
+                backoff = 0.2
+
+    async def _apply_whole(
+        self, batches: dict[TopicPartition, list[Any]]
+    ) -> dict[TopicPartition, int]:
+        """The fast path: every event of the fetch in one transaction (poison skipped)."""
+        events: list[Event] = []
+        offsets: dict[TopicPartition, int] = {}
+        poison = 0
+        for partition, records in batches.items():
+            for record in records:
                 try:
-                    await asyncio.wait_for(consumer.commit(mine), commit_timeout_s)
-                except (CommitFailedError, KafkaError, TimeoutError) as exc:
-                    log.warning(
-                        "projector commit failed; events may be re-applied (no effect)",
-                        error=type(exc).__name__,
-                    )
+                    events.append(decode(record.headers, record.key, record.value))
+                except PoisonRecord:
+                    poison += 1
+                offsets[partition] = record.offset + 1
+        if events:
+            await self.apply_batch(events)
+        if poison:  # counted only once the batch is applied (else _apply_each counts it)
+            self.metrics.poison_records.labels("projector").inc(poison)
+            log.error("projector skipped poison records", count=poison)
+        return offsets
+
+    async def _apply_each(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]]
+    ) -> tuple[dict[TopicPartition, int], Exception | None]:
+        """The slow path after a batch failed: one transaction per record, skipping the
+        record that cannot be applied; an outage stops at its record, to be read again."""
+        offsets: dict[TopicPartition, int] = {}
+        pending = list(batches.items())
+        for index, (partition, records) in enumerate(pending):
+            for record in records:
+                try:
+                    await self._apply_record(record)
+                except Exception as exc:  # only outages come out of _apply_record
+                    consumer.seek(partition, record.offset)
+                    for other, rest in pending[index + 1 :]:
+                        consumer.seek(other, rest[0].offset)
+                    return offsets, exc
+                offsets[partition] = record.offset + 1
+        return offsets, None
+
+    async def _apply_record(self, record: Any) -> None:
+        """Decode and apply one record; per-record failures are skipped here, outages
+        (``is_outage``) propagate to the caller, which retries the record."""
+        try:
+            await self.apply(decode(record.headers, record.key, record.value))
+        except PoisonRecord as exc:
+            self.metrics.poison_records.labels("projector").inc()
+            log.error("projector skipped a poison record", reason=str(exc))
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            # a bug, or an event the read model cannot take: count it, say where, skip it
+            error_class = f"unexpected:{type(exc).__name__}"[:100]
+            self.metrics.record_errors.labels("projector", error_class).inc()
+            log.error(
+                "projector skipped an event it could not apply",
+                error_class=error_class,
+                where=where(exc),
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+
+    async def _commit(
+        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], timeout_s: float
+    ) -> None:
+        owned = consumer.assignment()
+        mine = {tp: off for tp, off in offsets.items() if tp in owned}
+        if not mine:
+            return
+        try:
+            await asyncio.wait_for(consumer.commit(mine), timeout_s)
+        except (CommitFailedError, KafkaError, TimeoutError) as exc:
+            log.warning(
+                "projector commit failed; events may be re-applied (no effect)",
+                error=type(exc).__name__,
+            )
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)

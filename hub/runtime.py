@@ -1,35 +1,29 @@
-"""Process composition: the hub (API, relay, projector, connector runners) and, in embedded
-mode, the broker and sandbox agencies. ``diasyndesi up`` and the integration tests both
-build on these two classes, so tests exercise exactly what ``make run`` starts.
+"""Process composition: the hub (API, relay, projector, connector runners) as ``serve`` and
+``worker`` run it, each long-running task supervised; and ``Embedded``, the same pieces plus
+the broker and the sandbox agencies in one process, for the integration tests and the
+benchmark. ``diasyndesi up`` runs them as separate processes instead (``hub/up.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
-
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from aiokafka.errors import IllegalStateError, KafkaError
+import functools
+from collections.abc import Sequence
 
 from connectors.base import Connector, PollsStatus
 from hub.api.app import create_app
 from hub.api.deps import HubState
+from hub.api.health import Probe, Readiness, broker_probe, create_health_app, database_probe
 from hub.auth import ensure_dev_credentials
 from hub.broker import EmbeddedBroker
-from hub.bus import (
-    HUB_TOPICS,
-    MARKER_TOPIC,
-    KafkaCluster,
-    KafkaPublisher,
-    ensure_topics,
-    make_consumer,
-)
+from hub.bus import HUB_TOPICS, MARKER_TOPIC, KafkaCluster, KafkaPublisher, ensure_topics
+from hub.connector_loop import ConnectorLoop
 from hub.connector_runner import ConnectorRunner, DrainOnRevoke
+from hub.consumers import Consumers
 from hub.db import Database
 from hub.errors import BrokerError, ConfigurationError
-from hub.factory import CONNECTOR_CLASSES, build_connector
+from hub.factory import build_connector
 from hub.leases import Leases
 from hub.logs import get_logger
 from hub.mapping import Mapping, load_mapping
@@ -43,12 +37,10 @@ from hub.sandboxes import Sandboxes, start_sandboxes
 from hub.schema import ensure_schema
 from hub.servers import RunningServer, start_server
 from hub.settings import AgencyConnection, Settings
+from hub.supervisor import Supervisor
 from schemas.events import TOPIC_DELIVERIES, TOPIC_REFERRALS, TOPIC_STATUS
 
 log = get_logger(__name__)
-
-REWIND_WINDOW_S = 60.0
-"""After a broker data loss, assignments are rewound for this long (the groups rejoin)."""
 
 
 def load_mappings(settings: Settings, registry: Registry) -> dict[str, Mapping]:
@@ -84,7 +76,11 @@ class Hub:
         serve_api: bool = True,
         run_relay: bool = True,
         run_projector: bool = True,
+        observability: bool = False,
     ) -> None:
+        """``observability``: serve ``/metrics``, ``/healthz`` and ``/readyz`` on
+        ``OBSERVABILITY_HOST:OBSERVABILITY_PORT`` (a process without the API, i.e. a worker;
+        the API serves them itself)."""
         self.settings = settings
         self.bootstrap = bootstrap
         self.kafka = KafkaCluster.from_settings(settings, bootstrap)
@@ -96,14 +92,23 @@ class Hub:
         self.serve_api = serve_api
         self.run_relay = run_relay
         self.run_projector = run_projector
+        self.observability = observability and not serve_api
         self.db = Database(settings.database)
         self.publisher = KafkaPublisher(self.kafka, settings.producer, client_id="diasyndesi-hub")
         levels = len(settings.retry.topic_delays_s)
+        # Only the relay's process creates the marker: a worker (re)started after the broker
+        # lost its data must not re-create it before the relay has seen it gone and re-driven.
         self.topics = [
             *HUB_TOPICS,
-            MARKER_TOPIC,
+            *([MARKER_TOPIC] if run_relay else []),
             *(t for agency in self.mappings for t in connector_topics(agency, levels)),
         ]
+        self.supervisor = Supervisor(
+            self.metrics,
+            initial_s=settings.task_restart_initial_s,
+            max_s=settings.task_restart_max_s,
+        )
+        self.consumers = Consumers(self.kafka, settings.consumer, self.supervisor)
         self.relay = Relay(
             self.db,
             self.publisher,
@@ -112,18 +117,17 @@ class Hub:
             topics=self.topics,
             poll_s=settings.relay_poll_s,
             batch=settings.relay_batch,
-            on_data_loss=self._rewind_consumers,
+            on_data_loss=self.consumers.rewind_all,
             stale_after_s=settings.redrive_stale_after_s,
         )
         self.projector = Projector(self.db, self.metrics)
         self.runners: dict[str, ConnectorRunner] = {}
-        self.pollers: list[StatusPoller] = []
+        self.pollers: dict[str, StatusPoller] = {}
         self.api: RunningServer | None = None
-        self._consumers: list[AIOKafkaConsumer] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self.health: RunningServer | None = None
+        self._polls_status = False
+        self._producer_ready = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._rewind_until = 0.0
-        self.data_loss_epoch = 0
 
     @property
     def expected_consumers(self) -> int:
@@ -132,9 +136,7 @@ class Hub:
     def consumers_assigned(self) -> bool:
         """True once every consumer of this process has joined its group and owns partitions
         (with Tansu a join takes half the session timeout)."""
-        return len(self._consumers) == self.expected_consumers and all(
-            c.assignment() for c in self._consumers
-        )
+        return self.consumers.assigned(self.expected_consumers)
 
     async def wait_consumers_assigned(self, timeout_s: float = 60.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout_s
@@ -144,11 +146,78 @@ class Hub:
             await asyncio.sleep(0.05)
 
     @property
+    def groups(self) -> list[str]:
+        """The consumer groups this process is a member of (one consumer each)."""
+        projector = ["diasyndesi.projector"] if self.run_projector else []
+        return projector + [f"diasyndesi.connector.{a}" for a in self.connector_ids]
+
+    def tasks_check(self) -> str:
+        """Readiness of the supervised tasks: "ok", or the names of those that are down."""
+        down = self.supervisor.down()
+        return "ok" if not down else f"down: {', '.join(down)}"
+
+    def consumers_check(self) -> str:
+        """Readiness of the consumers: "ok" once each group has a member here that joined
+        (it may own no partition if the group has more members than partitions)."""
+        waiting = self.consumers.not_joined(self.groups)
+        return "ok" if not waiting else f"not joined: {', '.join(waiting)}"
+
+    def readiness(self) -> Readiness:
+        """What this process needs to be ready: its consumers joined and every supervised
+        task running; the API's process also needs the database and the broker's topics; a
+        worker that polls an agency needs the database."""
+
+        async def tasks() -> str:
+            return self.tasks_check()
+
+        async def consumers() -> str:
+            return self.consumers_check()
+
+        probes: dict[str, Probe] = {"tasks": tasks, "consumers": consumers}
+        if self.serve_api or self.run_relay or self.run_projector or self._polls_status:
+            probes["database"] = functools.partial(database_probe, self.db)
+        if self.serve_api:
+            probes["broker"] = functools.partial(broker_probe, self.kafka)
+        return Readiness(probes)
+
+    @property
     def api_url(self) -> str:
         assert self.api is not None
         return self.api.url
 
+    @property
+    def health_url(self) -> str:
+        """Where this process serves /metrics, /healthz and /readyz."""
+        server = self.api or self.health
+        assert server is not None
+        return server.url
+
+    def _state(self) -> HubState:
+        return HubState(
+            self.settings,
+            self.db,
+            self.registry,
+            self.metrics,
+            self.kafka,
+            wake_relay=self.relay.wakeup.set,
+        )
+
     async def start(self) -> None:
+        polled: dict[str, Connector] = {}
+        for agency_id in self.connector_ids:
+            agency = self.registry.agencies[agency_id]
+            self.runners[agency_id] = ConnectorRunner(
+                build_connector(agency, self.settings),
+                self.mappings[agency_id],
+                self.publisher,
+                self.settings.retry,
+                self.metrics,
+                concurrency=self.settings.agency_concurrency,
+            )
+            connector = build_connector(agency, self.settings)
+            if isinstance(connector, PollsStatus):
+                polled[agency_id] = connector
+        self._polls_status = bool(polled)
         await self._check_database()
         try:
             # Not the marker topic: the relay creates it when it finds the broker new or
@@ -159,45 +228,44 @@ class Hub:
         except BrokerError as exc:
             log.warning("broker not reachable at start; will keep trying", error=str(exc))
         if self.serve_api:
-            state = HubState(
-                self.settings,
-                self.db,
-                self.registry,
-                self.metrics,
-                self.kafka,
-                wake_relay=self.relay.wakeup.set,
-            )
+            app = create_app(self._state())
+            app.state.readiness = self.readiness()
             self.api = await start_server(
-                create_app(state), self.settings.api_host, self.settings.api_port, "api"
+                app, self.settings.api_host, self.settings.api_port, "api"
             )
-        self._spawn("producer", self._connect_producer_then_relay())
+        elif self.observability:
+            self.health = await start_server(
+                create_health_app(self._state(), self.readiness()),
+                self.settings.observability_host,
+                self.settings.observability_port,
+                "metrics and health",
+            )
+        supervise = self.supervisor.start
+        supervise("producer", self._connect_producer, oneshot=True)
+        if self.run_relay:
+            supervise("relay", self._run_relay)
         if self.run_projector:
-            self._spawn(
+            supervise(
                 "projector",
-                self._consume(
-                    "diasyndesi.projector", [TOPIC_DELIVERIES, TOPIC_STATUS], self.projector.run
+                functools.partial(
+                    self.consumers.consume,
+                    "diasyndesi.projector",
+                    [TOPIC_DELIVERIES, TOPIC_STATUS],
+                    self.projector.run,
                 ),
             )
-        for agency_id in self.connector_ids:
-            agency = self.registry.agencies[agency_id]
-            runner = ConnectorRunner(
-                build_connector(agency, self.settings),
-                self.mappings[agency_id],
-                self.publisher,
-                self.settings.retry,
-                self.metrics,
-                concurrency=self.settings.agency_concurrency,
-            )
-            self.runners[agency_id] = runner
-            polled = build_connector(agency, self.settings)
-            if isinstance(polled, PollsStatus):
-                self._spawn(f"poller:{agency_id}", self._poll(polled))
-            self._spawn(
+        for agency_id, runner in self.runners.items():
+            if agency_id in polled:
+                supervise(f"poller:{agency_id}", functools.partial(self._poll, polled[agency_id]))
+            supervise(
                 f"connector:{agency_id}",
-                self._consume(
+                functools.partial(
+                    self.consumers.consume,
                     f"diasyndesi.connector.{agency_id}",
                     [TOPIC_REFERRALS, *runner.topics],
-                    runner.run,
+                    ConnectorLoop(
+                        runner, commit_timeout_s=self.settings.consumer.commit_timeout_s
+                    ).run,
                     DrainOnRevoke(runner),
                 ),
             )
@@ -206,20 +274,10 @@ class Hub:
         """A process that uses the database needs this release's schema: development
         migrates it (only ``serve``: workers do not race it), production refuses to start.
         An unreachable or misconfigured database is one clear line, not a traceback."""
-        needs_db = self.serve_api or self.run_relay or self.run_projector or self._polls
-        if not needs_db:
+        if not (self.serve_api or self.run_relay or self.run_projector or self._polls_status):
             return
         migrate = self.settings.environment == "development" and self.run_relay
         await ensure_schema(self.db, migrate=migrate)
-
-    @property
-    def _polls(self) -> bool:
-        """Connectors that poll their agency keep the open deliveries in the database."""
-        return any(
-            issubclass(CONNECTOR_CLASSES.get(self.registry.agencies[a].family, object), PollsStatus)
-            for a in self.connector_ids
-            if a in self.registry.agencies
-        )
 
     async def _poll(self, connector: Connector) -> None:
         poller = StatusPoller(
@@ -230,110 +288,36 @@ class Hub:
             interval_s=self.settings.status_poll_s,
             leases=Leases(self.db),
         )
-        self.pollers.append(poller)
+        self.pollers[connector.agency] = poller  # a restart replaces the one that ended
         await connector.start()
         try:
             await poller.run()
         finally:
             await connector.stop()
 
-    def _spawn(self, name: str, coro: Awaitable[None]) -> None:
-        async def guarded() -> None:
-            try:
-                await coro
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("component crashed", component=name)
-                raise
-
-        self._tasks.append(asyncio.create_task(guarded(), name=name))
-
-    async def _connect_producer_then_relay(self) -> None:
+    async def _connect_producer(self) -> None:
         pause = 0.2
         while not self._stopping.is_set():
             try:
                 await self.publisher.start()
-                break
+                self._producer_ready.set()
+                return
             except BrokerError as exc:
                 log.warning("producer waiting for the broker", error=str(exc))
                 await self._pause(pause)
                 pause = min(pause * 2, 5.0)
-        if self.run_relay and not self._stopping.is_set():
+
+    async def _run_relay(self) -> None:
+        """The relay, once the producer is connected (a restart does not reconnect it)."""
+        ready = asyncio.ensure_future(self._producer_ready.wait())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            stopping.cancel()
+        if not self._stopping.is_set():
             await self.relay.run()
-
-    async def _consume(
-        self,
-        group: str,
-        topics: list[str],
-        body: Callable[[AIOKafkaConsumer], Awaitable[None]],
-        listener: ConsumerRebalanceListener | None = None,
-    ) -> None:
-        pause = 0.2
-        while not self._stopping.is_set():
-            rewind = RewindAfterDataLoss(self, listener)
-            consumer = make_consumer(
-                self.kafka,
-                group,
-                topics,
-                self.settings.consumer,
-                client_id=group,
-                listener=rewind,
-            )
-            rewind.consumer = consumer
-            try:
-                await asyncio.wait_for(
-                    consumer.start(), self.settings.consumer.session_timeout_ms / 1000 * 2 + 5
-                )
-            except (KafkaError, OSError, TimeoutError) as exc:
-                log.warning(
-                    "consumer waiting for the broker", group=group, error=type(exc).__name__
-                )
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(consumer.stop(), 5)
-                await self._pause(pause)
-                pause = min(pause * 2, 5.0)
-                continue
-            self._consumers.append(consumer)
-            try:
-                await body(consumer)
-            finally:
-                self._consumers.remove(consumer)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(consumer.stop(), 10)
-            return
-
-    async def _rewind_consumers(self) -> None:
-        """The broker lost its data (the embedded broker restarted empty): every consumer of
-        this process must read the fresh logs from the beginning. Their fetch positions, and
-        any offsets they committed to the new broker since (Tansu accepts commits from members
-        of the dead broker's groups), point into the old logs and would skip records published
-        to the new one: the fault suite's two-minute outage lost referrals so. So rewind now,
-        and again on each consumer's first assignment after this (within a minute), since
-        the groups rejoin and a rejoin restores those committed offsets; later rejoins find
-        offsets committed after the rewind. Re-reading is safe: agencies and the projector
-        are idempotent, but each re-read record costs an agency call, so only twice."""
-        self._rewind_until = asyncio.get_running_loop().time() + REWIND_WINDOW_S
-        self.data_loss_epoch += 1
-        for consumer in list(self._consumers):
-            self._spawn("rewind", self._rewind(consumer))
-
-    def rewinding(self) -> bool:
-        return asyncio.get_running_loop().time() < self._rewind_until
-
-    async def _rewind(self, consumer: AIOKafkaConsumer, timeout_s: float = 60.0) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while not self._stopping.is_set():
-            assigned = consumer.assignment()
-            if assigned:
-                with contextlib.suppress(IllegalStateError):  # a rebalance in between
-                    await consumer.seek_to_beginning(*assigned)
-                    log.warning("consumer rewound after broker data loss", partitions=len(assigned))
-                    return
-            if asyncio.get_running_loop().time() > deadline:
-                log.error("consumer not rewound: no assignment after broker data loss")
-                return
-            await self._pause(0.2)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -342,58 +326,30 @@ class Hub:
     async def stop(self, timeout_s: float = 15.0) -> None:
         """Graceful: finish in-flight work, commit, leave the groups, close everything."""
         self._stopping.set()
+        self.consumers.stop()
         self.relay.stop()
         self.projector.stop()
         for runner in self.runners.values():
             runner.stop()
-        for poller in self.pollers:
+        for poller in self.pollers.values():
             poller.stop()
-        await self._finish_tasks(timeout_s)
+        await self.supervisor.stop(timeout_s)
+        await self._close()
 
     async def abort(self) -> None:
         """Crash-like stop for tests: cancel everything now, commit nothing more."""
         self._stopping.set()
-        for task in self._tasks:
-            task.cancel()
-        await self._finish_tasks(10.0)
+        self.consumers.stop()
+        await self.supervisor.abort()
+        await self._close()
 
-    async def _finish_tasks(self, timeout_s: float) -> None:
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=timeout_s)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        for consumer in list(self._consumers):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.stop(), 5)
+    async def _close(self) -> None:
+        await self.consumers.close()
         await self.publisher.stop()
-        if self.api is not None:
-            await self.api.stop()
+        for server in (self.api, self.health):
+            if server is not None:
+                await server.stop()
         await self.db.dispose()
-
-
-class RewindAfterDataLoss(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Wraps a consumer's rebalance listener: the first assignment after the hub saw the
-    broker lose its data starts from the beginning of the fresh logs."""
-
-    def __init__(self, hub: Hub, inner: ConsumerRebalanceListener | None) -> None:
-        self.hub = hub
-        self.inner = inner
-        self.consumer: AIOKafkaConsumer | None = None
-        self.rewound_epoch = hub.data_loss_epoch
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        if self.inner is not None:
-            await self.inner.on_partitions_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        if self.inner is not None:
-            await self.inner.on_partitions_assigned(assigned)
-        due = self.rewound_epoch != self.hub.data_loss_epoch and self.hub.rewinding()
-        if assigned and self.consumer is not None and due:
-            self.rewound_epoch = self.hub.data_loss_epoch
-            await self.consumer.seek_to_beginning(*assigned)
-            log.warning("assignment rewound after broker data loss", partitions=len(assigned))
 
 
 def _merge_connections(
@@ -413,7 +369,8 @@ def _merge_connections(
 
 
 class Embedded:
-    """Everything ``make run`` starts: broker, sandboxes, hub, with dev credentials."""
+    """Broker, sandboxes and hub with dev credentials in one process: what ``make run``
+    starts as a process tree, composed in-process for the integration tests and benchmarks."""
 
     def __init__(self, settings: Settings) -> None:
         if "session_timeout_ms" not in settings.consumer.model_fields_set:
@@ -438,8 +395,7 @@ class Embedded:
         self.settings.var_dir.mkdir(parents=True, exist_ok=True)
         await self.broker.astart()
         await ensure_topics(
-            KafkaCluster.from_settings(self.settings, self.broker.bootstrap_servers),
-            HUB_TOPICS,
+            KafkaCluster.from_settings(self.settings, self.broker.bootstrap_servers), HUB_TOPICS
         )
         registry = Registry.load(self.settings.registry_dir)
         db = Database(self.settings.database)

@@ -203,6 +203,30 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="how often agencies that cannot push are asked"
     )
 
+    # Supervision and observability of each process, and the process tree of `up`.
+    observability_host: str = "127.0.0.1"
+    observability_port: int = Field(
+        default=9100,
+        ge=0,
+        le=65535,
+        description="where a worker serves /metrics, /healthz and /readyz (0: any free port; "
+        "give each worker on one machine its own)",
+    )
+    task_restart_initial_s: float = Field(
+        default=0.5, gt=0, description="first wait before a crashed task is restarted"
+    )
+    task_restart_max_s: float = Field(
+        default=30.0, gt=0, description="cap of the doubling wait between task restarts"
+    )
+    up_workers: int = Field(
+        default=1, ge=1, le=5, description="worker processes `up` starts (agencies shared out)"
+    )
+    up_restart_broker: bool = Field(
+        default=True,
+        description="`up` restarts its broker when it dies (false: it stays down, e.g. for a "
+        "fault test that brings its own)",
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
 

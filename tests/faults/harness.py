@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -120,6 +121,34 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (its children, theirs, ...), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return [p for p in found if pid_alive(p)]
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()).strip()
+    except OSError:
+        return ""
+
+
 def broker_pids(port: int) -> list[int]:
     """The Tansu broker(s) listening on ``port``, found by command line."""
     return [
@@ -147,7 +176,11 @@ def wait_gone(pids: Iterable[int], timeout_s: float = 10.0) -> None:
 class HubProcess:
     """``diasyndesi up`` in its own process group, with its own VAR_DIR and ports.
 
-    Each start writes ``up-<n>.stdout.log`` / ``up-<n>.stderr.log`` under ``log_dir``.
+    ``up`` is a process tree: the broker, ``serve``, the worker(s) and the sandbox are its
+    children, each in a session of its own (so a group kill reaches ``up`` alone; the
+    children die with it through their parent-death signal). The children's logs go to
+    ``up``'s. Each start writes ``up-<n>.stdout.log`` / ``up-<n>.stderr.log`` under
+    ``log_dir``.
     """
 
     def __init__(
@@ -253,32 +286,53 @@ class HubProcess:
         wait_gone([pid])
         return pid
 
+    def tree(self) -> list[int]:
+        """The live processes of ``up``'s tree (not ``up`` itself)."""
+        return descendants(self.process.pid) if self.process is not None else []
+
+    def child_pids(self, needle: str) -> list[int]:
+        """Processes of the tree whose command line contains ``needle`` (e.g. ``" worker "``)."""
+        return [pid for pid in self.tree() if needle in cmdline(pid)]
+
+    def metrics_urls(self) -> list[str]:
+        """``/metrics`` of every process that serves one: serve (the API) and each worker
+        (its port is in the ready banner)."""
+        banner = self.stdout_log().read_text(errors="replace")
+        workers = re.findall(r"metrics (http://127\.0\.0\.1:\d+/metrics)", banner)
+        return [f"{self.api_url}/metrics", *workers]
+
     def kill(self) -> None:
-        """Crash: ``kill -9`` the whole process group of ``up``, and the broker, which
-        ``up`` starts in a session of its own (so the group kill alone leaves it running)."""
+        """Crash: ``kill -9`` of ``up`` and of every process of its tree at once (the
+        children run in sessions of their own, so the group kill alone would leave them to
+        their parent-death signal, a graceful stop), and of any broker left on the port."""
         if self.process is None:
             return
+        tree = self.tree()
         brokers = broker_pids(self.ports.broker)
         self.kill_group()
-        survivors = [pid for pid in brokers if pid_alive(pid)]
+        for pid in tree:
+            kill_pid(pid)
+        survivors = [pid for pid in brokers if pid_alive(pid) and pid not in tree]
         self.orphans_seen.extend(survivors)
         for pid in survivors:
             kill_pid(pid)
-        wait_gone(survivors)
+        wait_gone([*tree, *survivors])
 
     def kill_group(self) -> None:
-        """``kill -9 -<pgid>`` of ``up`` and nothing else (what a crash or an OOM kill of the
-        tree, or a supervisor's group kill, does)."""
+        """``kill -9 -<pgid>`` of ``up`` and nothing else (what a crash or an OOM kill of
+        ``up``, or a supervisor's group kill, does); its children then die with it."""
         if self.process is None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
 
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM the group, then SIGKILL it (and any broker left behind)."""
+    def stop(self, timeout_s: float = 40.0) -> None:
+        """SIGTERM the group (``up`` stops its children in order), then SIGKILL it (and any
+        process of the tree or broker left behind)."""
         if self.process is None:
             return
+        tree = self.tree()
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
@@ -288,7 +342,12 @@ class HubProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
-        leftovers = broker_pids(self.ports.broker)
+        ours = [
+            p
+            for p in tree
+            if pid_alive(p) and ("diasyndesi" in cmdline(p) or "tansu" in cmdline(p))
+        ]
+        leftovers = [*broker_pids(self.ports.broker), *ours]
         for pid in leftovers:
             kill_pid(pid)
         wait_gone(leftovers)

@@ -157,6 +157,7 @@ class SplitHub:
             CONSUMER__SESSION_TIMEOUT_MS="6000",
             CONSUMER__HEARTBEAT_INTERVAL_MS="1000",
             STATUS_POLL_S="2",
+            OBSERVABILITY_PORT="0",  # several workers on one machine: each its own free port
             SANDBOX_BENEFITS_PORT=str(self.ports.benefits),
             SANDBOX_EMPLOYMENT_PORT=str(self.ports.employment),
             SANDBOX_GROCERY_PORT=str(self.ports.grocery),

@@ -199,10 +199,16 @@ POISON_METRIC = re.compile(r'^diasyndesi_poison_records_total\{consumer="([^"]+)
 
 
 async def poison_counts(client: Client) -> dict[str, float]:
-    async with client.session.get(f"{client.hub.api_url}/metrics") as response:
-        response.raise_for_status()
-        text = await response.text()
-    return {consumer: float(value) for consumer, value in POISON_METRIC.findall(text)}
+    """Poison records counted by every process of `up` (serve's projector, the workers'
+    connectors), each read from the process's own /metrics."""
+    counts: dict[str, float] = {}
+    for url in client.hub.metrics_urls():
+        async with client.session.get(url) as response:
+            response.raise_for_status()
+            text = await response.text()
+        for consumer, value in POISON_METRIC.findall(text):
+            counts[consumer] = counts.get(consumer, 0.0) + float(value)
+    return counts
 
 
 async def read_back(

@@ -28,6 +28,8 @@ from tests.faults.harness import (
 pytestmark = pytest.mark.faults
 
 LOG_NEEDLES = (
+    "child exited",
+    "unexpectedly",
     "re-driv",
     "marker",
     "crashed",
@@ -90,8 +92,11 @@ async def gather_bounded(coro: Awaitable[object], timeout_s: float) -> None:
 async def test_a0_up_restarts_after_its_process_group_is_sigkilled(hub: HubProcess) -> None:
     hub.start()
     broker = hub.broker_pid()
+    children = hub.tree()
+    assert len(children) >= 4, f"broker, serve, worker, sandbox expected: {children}"
     hub.kill_group()
     await until(lambda: not pid_alive(broker), 5, "the orphaned broker to go away")
+    await until(lambda: not any(map(pid_alive, children)), 20, "every child of `up` to go")
     await asyncio.to_thread(hub.start)
 
 
@@ -123,7 +128,8 @@ async def test_b_broker_sigkilled_down_10s_then_replaced(
     hub: HubProcess, client_for: Callable[[HubProcess], Client]
 ) -> None:
     """Only the Tansu child dies; referrals keep arriving (API must answer 202 throughout);
-    a fresh, empty broker comes up on the same port after ~10 s."""
+    a fresh, empty broker comes up on the same port after ~10 s (the test's own: `up` is told
+    not to restart its broker, so the outage lasts as long as the scenario says)."""
     await broker_outage(
         hub, client_for, "b: broker SIGKILL, 10 s down, replaced", 10, 150, rate_per_s=8
     )
@@ -149,6 +155,7 @@ async def broker_outage(
     *,
     rate_per_s: float,
 ) -> None:
+    hub.extra_env["UP_RESTART_BROKER"] = "false"  # the replacement below ends the outage
     hub.start()
     client = client_for(hub)
     replacement = ReplacementBroker(hub.ports.broker)

@@ -1,0 +1,170 @@
+"""The consumer lifecycle of one process: one aiokafka consumer per consumer group, each run
+by a supervised task (``Consumers.consume``), and what happens to all of them when the
+broker is found to have lost its data.
+
+``consume`` creates the consumer, starts it (a bounded call, retried while the broker is
+away), hands it to the body (the projector's or a connector runner's loop) and stops it when
+the body returns or raises. A body that raises ends the task; its supervisor starts it
+again, which builds a fresh consumer that rejoins the group and resumes from the committed
+offsets. The joined state of each group feeds the process's readiness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka.errors import IllegalStateError, KafkaError
+
+from hub.bus import KafkaCluster, make_consumer
+from hub.logs import get_logger
+from hub.settings import ConsumerSettings
+from hub.supervisor import Supervisor
+
+log = get_logger(__name__)
+
+REWIND_WINDOW_S = 60.0
+"""After a broker data loss, assignments are rewound for this long (the groups rejoin)."""
+
+
+class Consumers:
+    """This process's consumers, their joined state, and the rewind after a data loss."""
+
+    def __init__(self, kafka: KafkaCluster, settings: ConsumerSettings, supervisor: Supervisor):
+        self.kafka = kafka
+        self.settings = settings
+        self.supervisor = supervisor
+        self._active: list[AIOKafkaConsumer] = []
+        self._joined: set[str] = set()  # groups whose current member here has joined
+        self._stopping = asyncio.Event()
+        self._rewind_until = 0.0
+        self.data_loss_epoch = 0
+
+    def stop(self) -> None:
+        """No new consumer is started after this (bodies are stopped by their owners)."""
+        self._stopping.set()
+
+    def assigned(self, expected: int) -> bool:
+        """True once ``expected`` consumers run and each owns partitions."""
+        return len(self._active) == expected and all(c.assignment() for c in self._active)
+
+    def not_joined(self, groups: Iterable[str]) -> list[str]:
+        """Those of ``groups`` with no member here that has completed a join."""
+        return [group for group in groups if group not in self._joined]
+
+    async def consume(
+        self,
+        group: str,
+        topics: list[str],
+        body: Callable[[AIOKafkaConsumer], Awaitable[None]],
+        listener: ConsumerRebalanceListener | None = None,
+    ) -> None:
+        """Run ``body`` on a consumer of ``group`` until it returns (or raises)."""
+        pause = 0.2
+        while not self._stopping.is_set():
+            rewind = RewindAfterDataLoss(self, listener, on_joined=lambda: self._joined.add(group))
+            consumer = make_consumer(
+                self.kafka, group, topics, self.settings, client_id=group, listener=rewind
+            )
+            rewind.consumer = consumer
+            try:
+                await asyncio.wait_for(
+                    consumer.start(), self.settings.session_timeout_ms / 1000 * 2 + 5
+                )
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning(
+                    "consumer waiting for the broker", group=group, error=type(exc).__name__
+                )
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(consumer.stop(), 5)
+                await self._pause(pause)
+                pause = min(pause * 2, 5.0)
+                continue
+            self._active.append(consumer)
+            try:
+                await body(consumer)
+            finally:
+                self._joined.discard(group)
+                self._active.remove(consumer)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(consumer.stop(), 10)
+            return
+
+    async def rewind_all(self) -> None:
+        """The broker lost its data (the embedded broker restarted empty): every consumer of
+        this process must read the fresh logs from the beginning. Their fetch positions, and
+        any offsets they committed to the new broker since (Tansu accepts commits from members
+        of the dead broker's groups), point into the old logs and would skip records published
+        to the new one: the fault suite's two-minute outage lost referrals so. So rewind now,
+        and again on each consumer's first assignment after this (within a minute), since
+        the groups rejoin and a rejoin restores those committed offsets; later rejoins find
+        offsets committed after the rewind. Re-reading is safe: agencies and the projector
+        are idempotent, but each re-read record costs an agency call, so only twice."""
+        self._rewind_until = asyncio.get_running_loop().time() + REWIND_WINDOW_S
+        self.data_loss_epoch += 1
+        for consumer in list(self._active):
+            self.supervisor.start("rewind", functools.partial(self._rewind, consumer), oneshot=True)
+
+    def rewinding(self) -> bool:
+        return asyncio.get_running_loop().time() < self._rewind_until
+
+    async def _rewind(self, consumer: AIOKafkaConsumer, timeout_s: float = 60.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not self._stopping.is_set():
+            assigned = consumer.assignment()
+            if assigned:
+                with contextlib.suppress(IllegalStateError):  # a rebalance in between
+                    await consumer.seek_to_beginning(*assigned)
+                    log.warning("consumer rewound after broker data loss", partitions=len(assigned))
+                    return
+            if asyncio.get_running_loop().time() > deadline:
+                log.error("consumer not rewound: no assignment after broker data loss")
+                return
+            await self._pause(0.2)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def close(self) -> None:
+        """Stop whatever consumer is still open (after the tasks ended or were cancelled)."""
+        for consumer in list(self._active):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.stop(), 5)
+
+
+class RewindAfterDataLoss(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Wraps a consumer's rebalance listener: notes that the member joined (readiness), and
+    starts the first assignment after a broker data loss from the beginning of the fresh
+    logs."""
+
+    def __init__(
+        self,
+        consumers: Consumers,
+        inner: ConsumerRebalanceListener | None,
+        on_joined: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.consumers = consumers
+        self.inner = inner
+        self.on_joined = on_joined
+        self.consumer: AIOKafkaConsumer | None = None
+        self.rewound_epoch = consumers.data_loss_epoch
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if self.inner is not None:
+            await self.inner.on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.on_joined()  # called after every join, even with no partition for this member
+        if self.inner is not None:
+            await self.inner.on_partitions_assigned(assigned)
+        epoch = self.consumers.data_loss_epoch
+        due = self.rewound_epoch != epoch and self.consumers.rewinding()
+        if assigned and self.consumer is not None and due:
+            self.rewound_epoch = epoch
+            await self.consumer.seek_to_beginning(*assigned)
+            log.warning("assignment rewound after broker data loss", partitions=len(assigned))
