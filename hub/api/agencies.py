@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import insert, select
 from starlette.requests import ClientDisconnect
 
 from hub.api.deps import HubState, PrincipalDep, StateDep, get_principal
-from hub.db import DeliveryRow, WebhookMessageRow
+from hub.api.status_writer import NotRouted, StatusPush, WebhookIdReused
 from hub.events import encode, new_event_id
-from hub.outbox import TABLES, outbox_values
 from hub.webhooks import SECRET_PREFIX, WebhookError, verify
 from schemas.events import STATUS_CHANGED, TOPIC_STATUS, AgencyStatusUpdate, StatusChanged
 
@@ -77,44 +73,22 @@ async def push_status(
         occurred_at=body.occurred_at,
     )
     event_id = new_event_id()
-    # Read first, outside the write turn: most pushes need only one insert after it.
-    async with state.db.sessions() as session:
-        routed = (
-            await session.execute(
-                select(DeliveryRow.id).where(
-                    DeliveryRow.referral_id == body.referral_id, DeliveryRow.agency == agency
-                )
-            )
-        ).scalar_one_or_none()
-    if routed is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no referral routed to this agency")
     record = encode(TOPIC_STATUS, STATUS_CHANGED, event, key=body.referral_id, event_id=event_id)
-    async with state.db.transaction() as session:
-        if message_id is not None:
-            seen = await session.get(WebhookMessageRow, (message_id, agency))
-            digest = hashlib.sha256(raw).hexdigest()
-            if seen is not None:
-                if seen.body_hash != digest:
-                    _count_refusal(state, agency, "replayed_id_other_body")
-                    raise HTTPException(
-                        status.HTTP_409_CONFLICT, "webhook-id already used with another body"
-                    )
-                _count_refusal(state, agency, "replay_absorbed")
-                return StatusAccepted(event_id=seen.event_id)
-            session.add(
-                WebhookMessageRow(
-                    message_id=message_id,
-                    agency=agency,
-                    body_hash=digest,
-                    event_id=event_id,
-                    received_at=datetime.now(UTC),
-                )
-            )
-        await session.execute(
-            insert(TABLES["outbox"]),
-            [outbox_values(record, event_id, STATUS_CHANGED, body.referral_id)],
-        )
-        await state.db.notify_outbox(session)
+    push = StatusPush(agency, body.referral_id, event_id, record, message_id, raw)
+    try:
+        event_id, replayed = await state.status_writer.write(push)
+    except NotRouted:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, "no referral routed to this agency"
+        ) from None
+    except WebhookIdReused:
+        _count_refusal(state, agency, "replayed_id_other_body")
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, "webhook-id already used with another body"
+        ) from None
+    if replayed:
+        _count_refusal(state, agency, "replay_absorbed")
+        return StatusAccepted(event_id=event_id)
     state.wake_relay()
     return StatusAccepted(event_id=event_id)
 

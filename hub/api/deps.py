@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request, status
 
+from hub.api.status_writer import StatusWriter
 from hub.api.token_cache import TokenCache
 from hub.auth import Principal
 from hub.bus import KafkaCluster
@@ -29,8 +30,10 @@ class HubState:
     wake_relay: Callable[[], None] = field(default=lambda: None)
     token_check_s: float = 0.5
     tokens: TokenCache = field(init=False)
+    status_writer: StatusWriter = field(init=False)
 
     def __post_init__(self) -> None:
+        self.status_writer = StatusWriter(self.db)
         self.tokens = TokenCache(
             self.db,
             allow_unexpiring=self.settings.environment == "development",
