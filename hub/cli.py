@@ -6,15 +6,17 @@ import asyncio
 import json
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hub.db import Database
 from hub.errors import ConfigurationError, DiasyndesiError
 from hub.logs import configure_logging
 from hub.settings import Settings, load_settings
 from hub.tokens_cli import token_app
+
+if TYPE_CHECKING:
+    from hub.db import Database
 
 app = typer.Typer(
     add_completion=False,
@@ -267,6 +269,8 @@ def db_upgrade() -> None:
     async def main() -> None:
         if not settings.database_url:
             settings.var_dir.mkdir(parents=True, exist_ok=True)
+        from hub.db import Database
+
         db = Database(settings.database)
         try:
             before = await upgrade(db)
@@ -289,6 +293,8 @@ def db_current() -> None:
     settings = _settings()
 
     async def main() -> bool:
+        from hub.db import Database
+
         db = Database(settings.database)
         try:
             state = await schema_state(db)

@@ -10,12 +10,12 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from connectors.base import Connector, PollsStatus
 from hub.api.app import create_app
 from hub.api.deps import HubState
 from hub.api.health import Probe, Readiness, broker_probe, create_health_app, database_probe
-from hub.auth import ensure_dev_credentials
 from hub.broker import EmbeddedBroker
 from hub.bus import HUB_TOPICS, MARKER_TOPIC, KafkaCluster, KafkaPublisher, ensure_topics
 from hub.connector_loop import ConnectorLoop
@@ -23,7 +23,6 @@ from hub.connector_runner import ConnectorRunner, DrainOnRevoke
 from hub.consumers import Consumers
 from hub.db import Database
 from hub.errors import BrokerError, ConfigurationError
-from hub.factory import build_connector
 from hub.leases import Leases
 from hub.logs import get_logger
 from hub.mapping import Mapping, load_mapping
@@ -33,12 +32,14 @@ from hub.projector import Projector
 from hub.registry import Registry
 from hub.relay import Relay
 from hub.retry_topics import connector_topics
-from hub.sandboxes import Sandboxes, start_sandboxes
 from hub.schema import ensure_schema
 from hub.servers import RunningServer, start_server
 from hub.settings import AgencyConnection, Settings
 from hub.supervisor import Supervisor
 from schemas.events import TOPIC_DELIVERIES, TOPIC_REFERRALS, TOPIC_STATUS
+
+if TYPE_CHECKING:
+    from hub.sandboxes import Sandboxes
 
 log = get_logger(__name__)
 
@@ -203,6 +204,10 @@ class Hub:
         )
 
     async def start(self) -> None:
+        # The connector families (zeep, lxml, …) load only where connectors run: ``serve``
+        # stays tens of megabytes smaller.
+        from hub.factory import build_connector
+
         polled: dict[str, Connector] = {}
         for agency_id in self.connector_ids:
             agency = self.registry.agencies[agency_id]
@@ -392,6 +397,9 @@ class Embedded:
         return str(self.settings.var_dir / "dev-credentials.json")
 
     async def start(self) -> None:
+        from hub.auth import ensure_dev_credentials
+        from hub.sandboxes import start_sandboxes
+
         self.settings.var_dir.mkdir(parents=True, exist_ok=True)
         await self.broker.astart()
         await ensure_topics(

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib.resources import files
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from hub.db import Database
 from hub.errors import ConfigurationError
 from hub.settings import Settings
+
+if TYPE_CHECKING:  # Alembic loads only where the schema is checked or migrated
+    from alembic.config import Config
 
 UPGRADE_COMMAND = "diasyndesi db upgrade"
 LEGACY_REVISION = "0001"
@@ -45,6 +45,8 @@ class SchemaState:
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(files("hub") / "migrations"))
     config.attributes["connection"] = connection
@@ -52,18 +54,24 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
 
 
 def _state(connection: Connection) -> SchemaState:
+    from alembic.runtime.migration import MigrationContext
+
     current = MigrationContext.configure(connection).get_current_revision()
     legacy = current is None and inspect(connection).has_table("referrals")
     return SchemaState(current, head_revision(), legacy)
 
 
 def _upgrade(connection: Connection) -> None:
+    from alembic import command
+
     config = alembic_config(connection)
     if _state(connection).legacy:
         command.stamp(config, LEGACY_REVISION)

@@ -25,8 +25,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from hub.errors import ConfigurationError
 from hub.kafka_settings import KafkaClientSettings
@@ -253,6 +251,9 @@ class Settings(BaseSettings):
             self.database_password = read_secret_file(self.database_password_file)
         refuse_placeholder(self.database_password, "DATABASE_PASSWORD")
         if self.database_url:
+            from sqlalchemy.engine import make_url  # not at import: `up` stays small
+            from sqlalchemy.exc import ArgumentError
+
             try:
                 url = make_url(self.database_url)
             except ArgumentError:
@@ -336,6 +337,8 @@ class Settings(BaseSettings):
         url = self.database_url or f"sqlite+aiosqlite:///{self.var_dir / 'diasyndesi.db'}"
         if self.database_password is None:
             return url
+        from sqlalchemy.engine import make_url
+
         with_password = make_url(url).set(password=self.database_password.get_secret_value())
         return with_password.render_as_string(hide_password=False)
 

@@ -47,6 +47,7 @@ def start(folder: Path, port: int | None = None) -> str:
         f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off "
         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
     )
+    _options_file(folder).write_text(options)
     subprocess.run(  # noqa: S603
         _as_postgres(
             [
@@ -67,6 +68,46 @@ def start(folder: Path, port: int | None = None) -> str:
     return f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
 
 
+def _options_file(folder: Path) -> Path:
+    return folder / "pg_ctl.options"
+
+
+def stop_running(mode: str = "fast") -> None:
+    """Stop the server of ``TEST_POSTGRES_DIR`` (a fault scenario's database outage)."""
+    folder = Path(os.environ["TEST_POSTGRES_DIR"])
+    subprocess.run(  # noqa: S603
+        _as_postgres([str(BIN / "pg_ctl"), "-D", str(folder / "data"), "-m", mode, "-w", "stop"]),
+        check=False,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def start_again() -> None:
+    """Start the server of ``TEST_POSTGRES_DIR`` again (no-op if it runs)."""
+    folder = Path(os.environ["TEST_POSTGRES_DIR"])
+    data = folder / "data"
+    if (data / "postmaster.pid").exists():
+        return
+    options = _options_file(folder).read_text()
+    subprocess.run(  # noqa: S603
+        _as_postgres(
+            [
+                str(BIN / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(folder / "server.log"),
+                "-o",
+                f"'{options}'" if os.geteuid() == 0 else options,
+                "-w",
+                "start",
+            ]
+        ),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def stop(folder: Path) -> None:
     subprocess.run(  # noqa: S603
         _as_postgres([str(BIN / "pg_ctl"), "-D", str(folder / "data"), "-m", "fast", "-w", "stop"]),
@@ -83,7 +124,7 @@ def main(argv: list[str]) -> int:
     try:
         url = start(folder)
         print(f"PostgreSQL for the tests: {url}", flush=True)
-        env = {**os.environ, "TEST_POSTGRES_URL": url}
+        env = {**os.environ, "TEST_POSTGRES_URL": url, "TEST_POSTGRES_DIR": str(folder)}
         return subprocess.run(argv[2:], env=env, check=False).returncode  # noqa: S603
     finally:
         stop(folder)
