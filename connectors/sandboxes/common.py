@@ -476,7 +476,7 @@ class StatusPusher:
         hub_url: str | None,
         hub_token: str | None,
         *,
-        attempts: int = 10,
+        attempts: int = 20,
         backoff_s: float = 0.2,
         timeout_s: float = 5.0,
         headers_for: Callable[[bytes], dict[str, str]] | None = None,
@@ -584,9 +584,11 @@ class StatusPusher:
             headers = {**self._headers, "Content-Type": "application/json"}
             if self._headers_for is not None:
                 headers.update(self._headers_for(raw))
+            hint = 0.0
             try:
                 async with self._session.post(self._url, data=raw, headers=headers) as r:
                     code = r.status
+                    hint = _retry_after_s(r.headers.get("Retry-After"))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("status_push_failed", attempt=attempt, error=type(exc).__name__, **ids)
             else:
@@ -598,10 +600,20 @@ class StatusPusher:
                     return "refused"
                 log.warning("status_push_failed", attempt=attempt, http_status=code, **ids)
             if attempt < self._attempts:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)  # ~30 s in all: a real agency outlasts a restart
+                await asyncio.sleep(max(delay, hint))  # the hub's Retry-After (a 503) first
+                # ~75 s in all: a real agency's queue outlasts a restart of the hub or a
+                # short outage of its database (the fault suite stops PostgreSQL for 30 s)
+                delay = min(delay * 2, 5.0)
         log.error("status_push_gave_up", attempts=self._attempts, **ids)
         return "gave_up"
+
+
+def _retry_after_s(value: str | None) -> float:
+    """A Retry-After in seconds (the hub sends seconds), at most 30; 0 if absent or odd."""
+    try:
+        return min(max(float(value or 0), 0.0), 30.0)
+    except ValueError:
+        return 0.0
 
 
 # --------------------------------------------------------------------------- app

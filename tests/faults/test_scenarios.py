@@ -119,6 +119,8 @@ async def test_a_whole_tree_sigkilled_mid_run_then_restarted(
         f"orphaned_brokers={len(hub.orphans_seen)}"
     )
     check(report, hub)
+    if hub.database_url:  # on PostgreSQL (`make test-postgres`) nothing is written to SQLite
+        assert not list(hub.var_dir.rglob("*.db")), list(hub.var_dir.rglob("*.db"))
 
 
 # --------------------------------------------------------------------------- b
