@@ -18,10 +18,11 @@ from collections import defaultdict
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import KafkaError
 
 from hub.breaker import BreakerState
 from hub.connector_runner import ConnectorRunner, Incoming
+from hub.consumers import commit_owned
 from hub.events import PoisonRecord, decode
 from hub.logs import get_logger
 from hub.retry_topics import RetryState, retry_topic
@@ -156,17 +157,10 @@ class ConnectorLoop:
     async def _commit(
         self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], timeout_s: float
     ) -> None:
-        owned = consumer.assignment()
-        mine = {tp: offset for tp, offset in offsets.items() if tp in owned}
-        if not mine:
-            return
-        try:
-            await asyncio.wait_for(consumer.commit(mine), timeout_s)
-        except (CommitFailedError, KafkaError, TimeoutError) as exc:
-            # The records will come back to whoever owns the partition; the agency's
-            # idempotency absorbs the repeat.
+        failed = await commit_owned(consumer, offsets, timeout_s)
+        if failed:  # the agency's idempotency absorbs the repeat
             log.warning(
                 "commit failed; records may be redelivered",
                 agency=self.runner.agency,
-                error=type(exc).__name__,
+                error=failed,
             )

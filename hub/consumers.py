@@ -17,8 +17,8 @@ import functools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from aiokafka.errors import IllegalStateError, KafkaError
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from hub.bus import KafkaCluster, make_consumer
 from hub.logs import get_logger
@@ -29,6 +29,23 @@ log = get_logger(__name__)
 
 REWIND_WINDOW_S = 60.0
 """After a broker data loss, assignments are rewound for this long (the groups rejoin)."""
+
+
+async def commit_owned(
+    consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], timeout_s: float
+) -> str | None:
+    """Commit ``offsets`` of the partitions this consumer still owns (a rebalance may have
+    moved some), bounded by ``timeout_s``; the error's class if it failed (the records then
+    come back to whoever owns them, and their consumers are idempotent), else None."""
+    owned = consumer.assignment()
+    mine = {tp: offset for tp, offset in offsets.items() if tp in owned}
+    if not mine:
+        return None
+    try:
+        await asyncio.wait_for(consumer.commit(mine), timeout_s)
+    except (CommitFailedError, KafkaError, TimeoutError) as exc:
+        return type(exc).__name__
+    return None
 
 
 class Consumers:

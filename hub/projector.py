@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import KafkaError
 from sqlalchemy import exc as sa_exc
 
+from hub.consumers import commit_owned
 from hub.db import Database
 from hub.events import Event, PoisonRecord, decode
 from hub.logs import get_logger
@@ -167,16 +168,10 @@ class Projector:
     async def _commit(
         self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], timeout_s: float
     ) -> None:
-        owned = consumer.assignment()
-        mine = {tp: off for tp, off in offsets.items() if tp in owned}
-        if not mine:
-            return
-        try:
-            await asyncio.wait_for(consumer.commit(mine), timeout_s)
-        except (CommitFailedError, KafkaError, TimeoutError) as exc:
+        failed = await commit_owned(consumer, offsets, timeout_s)
+        if failed:
             log.warning(
-                "projector commit failed; events may be re-applied (no effect)",
-                error=type(exc).__name__,
+                "projector commit failed; events may be re-applied (no effect)", error=failed
             )
 
     async def _pause(self, seconds: float) -> None:

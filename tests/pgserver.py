@@ -48,23 +48,7 @@ def start(folder: Path, port: int | None = None) -> str:
         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
     )
     _options_file(folder).write_text(options)
-    subprocess.run(  # noqa: S603
-        _as_postgres(
-            [
-                str(BIN / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(folder / "server.log"),
-                "-o",
-                f"'{options}'" if os.geteuid() == 0 else options,
-                "-w",
-                "start",
-            ]
-        ),
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    _pg_ctl_start(folder)
     return f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
 
 
@@ -85,16 +69,19 @@ def stop_running(mode: str = "fast") -> None:
 def start_again() -> None:
     """Start the server of ``TEST_POSTGRES_DIR`` again (no-op if it runs)."""
     folder = Path(os.environ["TEST_POSTGRES_DIR"])
-    data = folder / "data"
-    if (data / "postmaster.pid").exists():
+    if (folder / "data" / "postmaster.pid").exists():
         return
+    _pg_ctl_start(folder)
+
+
+def _pg_ctl_start(folder: Path) -> None:
     options = _options_file(folder).read_text()
     subprocess.run(  # noqa: S603
         _as_postgres(
             [
                 str(BIN / "pg_ctl"),
                 "-D",
-                str(data),
+                str(folder / "data"),
                 "-l",
                 str(folder / "server.log"),
                 "-o",
