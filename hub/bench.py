@@ -35,10 +35,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from connectors.base import KEEPALIVE_S
-from hub.bench_bare import FOUR, READY_LINE, BareDriver, closed_loop, open_loop
+from hub.bench_bare import (
+    FOUR,
+    READY_LINE,
+    BareDriver,
+    Completions,
+    TopicTail,
+    closed_loop,
+    open_loop,
+)
 from hub.broker import EmbeddedBroker, free_port
 from hub.errors import DiasyndesiError
 from hub.events import PoisonRecord, decode
@@ -225,46 +232,24 @@ class HubDriver:
             headers={"Authorization": f"Bearer {token}"},
             connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S, limit=0),
         )
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=20)
-        self.seen: dict[str, set[str]] = {}
-        self.waiting: dict[str, tuple[set[str], asyncio.Future[float]]] = {}
+        self.completions = Completions()
+        self.tail = TopicTail(bootstrap, TOPIC_DELIVERIES, self._on_outcome)
         self.ids: list[str] = []
-        self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self.consumer.start()
-        parts = [TopicPartition(TOPIC_DELIVERIES, p) for p in range(4)]
-        self.consumer.assign(parts)
-        await self.consumer.seek_to_end(*parts)
-        self._reader = asyncio.create_task(self._read())
+        await self.tail.start(partitions=4)
 
     async def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-        await self.consumer.stop()
+        await self.tail.stop()
         await self.session.close()
 
-    async def _read(self) -> None:
-        while True:
-            batches = await self.consumer.getmany(timeout_ms=100)
-            now = time.perf_counter()
-            for records in batches.values():
-                for record in records:
-                    try:
-                        data = decode(record.headers, record.key, record.value).data
-                    except PoisonRecord:
-                        continue
-                    if isinstance(data, DeliveryOutcome) and data.succeeded:
-                        self.seen.setdefault(data.referral_id, set()).add(data.agency)
-                        self._check(data.referral_id, now)
-
-    def _check(self, referral_id: str, now: float) -> None:
-        entry = self.waiting.get(referral_id)
-        if entry and entry[0] <= self.seen.get(referral_id, set()):
-            del self.waiting[referral_id]
-            self.seen.pop(referral_id, None)
-            if not entry[1].done():
-                entry[1].set_result(now)
+    def _on_outcome(self, record: Any, now: float) -> None:
+        try:
+            data = decode(record.headers, record.key, record.value).data
+        except PoisonRecord:
+            return
+        if isinstance(data, DeliveryOutcome) and data.succeeded:
+            self.completions.done(data.referral_id, data.agency, now)
 
     async def referral(self, seed: int) -> tuple[float, float]:
         body = sample_referral(seed=seed, programmes=FOUR)
@@ -276,10 +261,8 @@ class HubDriver:
                 raise DiasyndesiError(f"submit refused: {response.status} {await response.text()}")
             answer = await response.json()
         posted = time.perf_counter()
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self.waiting[answer["id"]] = (set(answer["routed"]), future)
+        future = self.completions.expect(answer["id"], answer["routed"])
         self.ids.append(answer["id"])
-        self._check(answer["id"], posted)
         done = await asyncio.wait_for(future, 120)
         return posted - started, done - started
 

@@ -103,22 +103,45 @@ async def run_worker(bootstrap: str, agencies: list[str]) -> None:
     await asyncio.gather(*tasks)
 
 
-class BareDriver:
-    """The bench side: publish referrals and learn when each is delivered everywhere."""
+class Completions:
+    """Which agencies have each referral; a referral's future resolves (with the time) once
+    all its agencies do. An answer may come before the referral is expected: kept."""
 
-    def __init__(self, bootstrap: str, registry: Registry) -> None:
-        self.bootstrap = bootstrap
-        self.registry = registry
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    def __init__(self) -> None:
+        self.seen: dict[str, set[str]] = {}
+        self.waiting: dict[str, tuple[set[str], asyncio.Future[float]]] = {}
+
+    def expect(self, referral_id: str, agencies: list[str]) -> asyncio.Future[float]:
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.waiting[referral_id] = (set(agencies), future)
+        self.done(referral_id, None, time.perf_counter())
+        return future
+
+    def done(self, referral_id: str, agency: str | None, now: float) -> None:
+        seen = self.seen.setdefault(referral_id, set())
+        if agency is not None:
+            seen.add(agency)
+        entry = self.waiting.get(referral_id)
+        if entry and entry[0] <= seen:
+            del self.waiting[referral_id]
+            del self.seen[referral_id]
+            if not entry[1].done():
+                entry[1].set_result(now)
+
+
+class TopicTail:
+    """Reads every partition of one topic from its end (no group), handing each record and
+    the time it arrived to ``on_record``."""
+
+    def __init__(self, bootstrap: str, topic: str, on_record: Callable[[Any, float], None]):
+        self.topic = topic
+        self.on_record = on_record
         self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=20)
-        self.waiting: dict[str, tuple[int, asyncio.Future[float]]] = {}
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self, partitions: int) -> None:
-        await ensure_topics(KafkaCluster(self.bootstrap, partitions=partitions), [REFERRALS, DONE])
-        await self.producer.start()
         await self.consumer.start()
-        parts = [TopicPartition(DONE, p) for p in range(partitions)]
+        parts = [TopicPartition(self.topic, p) for p in range(partitions)]
         self.consumer.assign(parts)
         await self.consumer.seek_to_end(*parts)
         self._reader = asyncio.create_task(self._read())
@@ -127,7 +150,6 @@ class BareDriver:
         if self._reader is not None:
             self._reader.cancel()
         await self.consumer.stop()
-        await self.producer.stop()
 
     async def _read(self) -> None:
         while True:
@@ -135,17 +157,33 @@ class BareDriver:
             now = time.perf_counter()
             for records in batches.values():
                 for record in records:
-                    referral_id = record.key.decode()
-                    entry = self.waiting.get(referral_id)
-                    if entry is None:
-                        continue
-                    left, future = entry
-                    if left <= 1:
-                        del self.waiting[referral_id]
-                        if not future.done():
-                            future.set_result(now)
-                    else:
-                        self.waiting[referral_id] = (left - 1, future)
+                    self.on_record(record, now)
+
+
+class BareDriver:
+    """The bench side: publish referrals and learn when each is delivered everywhere."""
+
+    def __init__(self, bootstrap: str, registry: Registry) -> None:
+        self.bootstrap = bootstrap
+        self.registry = registry
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+        self.completions = Completions()
+        self.tail = TopicTail(
+            bootstrap,
+            DONE,
+            lambda record, now: self.completions.done(
+                record.key.decode(), record.value.decode(), now
+            ),
+        )
+
+    async def start(self, partitions: int) -> None:
+        await ensure_topics(KafkaCluster(self.bootstrap, partitions=partitions), [REFERRALS, DONE])
+        await self.producer.start()
+        await self.tail.start(partitions)
+
+    async def stop(self) -> None:
+        await self.tail.stop()
+        await self.producer.stop()
 
     async def referral(self, seed: int) -> tuple[float, float]:
         """Publish one referral; returns (seconds to publish, seconds to all delivered)."""
@@ -159,8 +197,7 @@ class BareDriver:
             routed=self.registry.route(request.centre, list(request.programmes)),
         )
         message = {"event_id": str(uuid.uuid4()), "referral": referral.model_dump(mode="json")}
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self.waiting[referral.id] = (len(referral.routed), future)
+        future = self.completions.expect(referral.id, list(referral.routed))
         await self.producer.send_and_wait(
             REFERRALS, orjson.dumps(message), key=referral.id.encode()
         )

@@ -1,6 +1,6 @@
 """The Kafka seam: producer, consumer and topic admin through aiokafka, with every
 setting explicit and every call bounded. aiokafka exceptions stop here and become
-BrokerError (STYLE.md: foreign errors are translated at the seam).
+BrokerError (foreign errors are translated at the seam: hub/errors.py).
 
 ``MemoryPublisher`` is the in-memory fake for fast unit tests; integration tests use the
 real embedded broker through ``KafkaPublisher``.

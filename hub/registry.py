@@ -30,7 +30,7 @@ from schemas.codes import ProgrammeCode
 Family = Literal[
     "benefits_agency", "employment_service", "social_grocery", "municipal_social_service"
 ]
-INFORMATION_DUE_WORKING_DAYS = 10  # DOMAIN.md: right to be informed within 10 working days
+INFORMATION_DUE_WORKING_DAYS = 10  # the right to be informed within 10 working days
 
 
 class Centre(BaseModel):

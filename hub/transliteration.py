@@ -5,7 +5,7 @@ transliterate names and addresses with ``elot743`` before they leave the hub. Pa
 tax and social-security registries use the same rules, so a beneficiary keeps one
 recognisable Latin spelling across agencies.
 
-Why not a library: STYLE.md prefers one, and ``greek-to-greeklish==0.0.8`` (the only
+Why not a library: the house style prefers one, and ``greek-to-greeklish==0.0.8`` (the only
 Python package on offer that claims ELOT 743) was evaluated first against real names:
 
 * it does not import on Python 3.11: it is JavaScript machine-translated by Js2Py 0.71,

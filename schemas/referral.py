@@ -155,7 +155,7 @@ class Consent(CanonicalModel):
 
 
 class ReferralRequest(CanonicalModel):
-    """The body of ``POST /v1/referrals`` (DESIGN.md, "Contract details")."""
+    """The body of ``POST /v1/referrals`` (the README's referral contract)."""
 
     centre: CentreCode
     caseworker: Annotated[str, StringConstraints(min_length=1, max_length=64)]

@@ -75,7 +75,7 @@ class ReceivedRecord:
     reference: str | None = None
 
     def public(self) -> dict[str, Any]:
-        """The shape promised by `GET /_sandbox/received` (DESIGN.md, Contract details)."""
+        """The shape promised by `GET /_sandbox/received` (the README's sandbox contract)."""
         return {
             "idempotency_key": self.idempotency_key,
             "referral_id": self.referral_id,

@@ -153,7 +153,7 @@ class SplitHub:
             VAR_DIR=str(self.var_dir),
             API_PORT=str(self.ports.api),
             KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{self.ports.broker}",
-            # Tansu completes a join after half the session timeout (TOOLING.md): keep it short
+            # Tansu completes a join after half the session timeout (measured): keep it short
             CONSUMER__SESSION_TIMEOUT_MS="6000",
             CONSUMER__HEARTBEAT_INTERVAL_MS="1000",
             STATUS_POLL_S="2",

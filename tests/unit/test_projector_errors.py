@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,18 +17,9 @@ from hub.events import Event, encode
 from hub.metrics import HubMetrics
 from hub.projector import Projector, is_outage
 from schemas.events import TOPIC_DELIVERIES, DeliveryOutcome
+from tests.kafka_records import Record
 
 TP = TopicPartition(TOPIC_DELIVERIES, 0)
-
-
-@dataclass
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
 
 
 def outcome_record(offset: int) -> Record:

@@ -7,7 +7,6 @@ outcome is published, the next record is delivered, and every offset is committe
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from schemas.events import (
     ReferralSubmitted,
 )
 from schemas.referral import Referral
+from tests.kafka_records import Record
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD_MAPPING = "00000000-0000-4000-8000-000000000001"
@@ -39,16 +39,6 @@ LONG_REFERENCE = "00000000-0000-4000-8000-000000000002"
 CONTRACT_BROKEN = "00000000-0000-4000-8000-000000000003"
 GOOD = "00000000-0000-4000-8000-000000000004"
 TP = TopicPartition(TOPIC_REFERRALS, 0)
-
-
-@dataclass
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
 
 
 def referral_record(referral_id: str, offset: int) -> Record:

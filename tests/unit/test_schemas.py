@@ -56,7 +56,7 @@ AMKA_1980 = make_amka("010180")
 
 
 def example_body() -> dict[str, Any]:
-    """The DESIGN.md "Contract details" body, with a valid AMKA and AFM filled in."""
+    """The README's referral contract body, with a valid AMKA and AFM filled in."""
     return {
         "centre": "KK-KOZANI",
         "caseworker": "sw-014",
