@@ -10,7 +10,7 @@ from enum import StrEnum
 
 
 class ProgrammeCode(StrEnum):
-    """The programme catalogue of the welfare domain; names and families live in registry/programmes.yaml."""
+    """The programme catalogue; names and families live in registry/programmes.yaml."""
 
     GMI = "GMI"
     HOUSING_ALLOWANCE = "HOUSING_ALLOWANCE"

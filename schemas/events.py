@@ -110,4 +110,4 @@ EVENT_TOPICS: Final[dict[str, str]] = {
     DELIVERY_FAILED: TOPIC_DELIVERIES,
     STATUS_CHANGED: TOPIC_STATUS,
 }
-"""The topic each event type is published on (the event table of docs and README); the key is always referral_id."""
+"""The topic each event type is published on; the key is always referral_id."""
