@@ -35,12 +35,29 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+# PostgreSQL SQLSTATE classes that describe the server or the way to it, never the event:
+# 08 connection exception, 40 transaction rollback (serialization, deadlock), 53 insufficient
+# resources, 57 operator intervention (57P01 "terminating connection due to administrator
+# command" when the server stops), 58 system error; and 25006 (read-only: a failover).
+OUTAGE_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
+OUTAGE_SQLSTATES = ("25006",)
+
+
 def is_outage(exc: BaseException) -> bool:
     """True when ``exc`` says the database (or the way to it) is unavailable, not that the
     event is bad: such an event is retried, never skipped. Everything else raised while
-    applying one event (a constraint it violates, a bug) is about that event and skips it."""
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
+    applying one event (a constraint it violates, a bug) is about that event and skips it.
+
+    asyncpg reports a server shutting down as a plain ``DBAPIError`` with SQLSTATE 57P01,
+    not as an ``OperationalError``; found by the PostgreSQL outage scenario."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        if isinstance(sqlstate, str) and (
+            sqlstate[:2] in OUTAGE_SQLSTATE_CLASSES or sqlstate in OUTAGE_SQLSTATES
+        ):
+            return True
     return isinstance(exc, OUTAGE_ERRORS)
 
 

@@ -5,18 +5,22 @@ leaves it uncommitted and retries it."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from aiokafka import TopicPartition
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import make_url, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from hub.db import Database
-from hub.events import Event, encode
+from hub.events import Event, decode, encode
 from hub.metrics import HubMetrics
 from hub.projector import Projector, is_outage
 from schemas.events import TOPIC_DELIVERIES, DeliveryOutcome
+from tests.databases import POSTGRES, migrated_database_url
 from tests.kafka_records import Record
 
 TP = TopicPartition(TOPIC_DELIVERIES, 0)
@@ -134,8 +138,46 @@ async def test_a_database_outage_is_retried_not_skipped(tmp_path: Path) -> None:
     assert consumer.fetches >= 3  # kept polling (and heartbeating) while it waited
 
 
+class DriverError(Exception):
+    """What SQLAlchemy's asyncpg adapter wraps: an error carrying PostgreSQL's SQLSTATE."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"sqlstate {sqlstate}")
+        self.sqlstate = sqlstate
+
+
 def test_what_counts_as_an_outage() -> None:
     assert is_outage(OperationalError("SELECT 1", {}, Exception("server closed")))
     assert is_outage(ConnectionRefusedError())
     assert not is_outage(IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed")))
     assert not is_outage(ValueError("bad event"))
+    # asyncpg's server-side errors arrive as a plain DBAPIError; the SQLSTATE decides.
+    for sqlstate in ("57P01", "57P03", "08006", "53300", "40001", "40P01", "25006"):
+        assert is_outage(DBAPIError("COMMIT", {}, DriverError(sqlstate))), sqlstate
+    for sqlstate in ("23505", "22001", "42P01"):  # the event's fault (or a bug): skip it
+        assert not is_outage(DBAPIError("INSERT", {}, DriverError(sqlstate))), sqlstate
+
+
+@pytest.mark.skipif(not POSTGRES, reason="PostgreSQL only: a server refusing connections")
+async def test_postgres_refusing_new_connections_is_an_outage(tmp_path: Path) -> None:
+    """A server that refuses a new connection (stopping: 57P03; full: 53300) answers with
+    a plain DBAPIError from the connect path. The projector must wait and retry the
+    event, never skip it: the CI run that lost two statuses while PostgreSQL stopped."""
+    url = make_url(migrated_database_url(tmp_path))
+    role = f"full_{uuid.uuid4().hex[:8]}"
+    admin = Database(url.render_as_string(hide_password=False))
+    async with admin.engine.begin() as connection:
+        await connection.execute(text(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0"))
+    refused = Database(url.set(username=role).render_as_string(hide_password=False))
+    try:
+        with pytest.raises(Exception) as caught:
+            await Projector(refused, HubMetrics()).apply_batch([decode_record(outcome_record(1))])
+        assert type(caught.value).__name__ == "DBAPIError"  # not an OperationalError
+        assert is_outage(caught.value), repr(caught.value)
+    finally:
+        await refused.dispose()
+        await admin.dispose()
+
+
+def decode_record(record: Record) -> Event:
+    return decode(record.headers, record.key, record.value)
