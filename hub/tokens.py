@@ -31,21 +31,19 @@ from hub.auth import (
     store_credential,
 )
 from hub.db import CredentialRow, Database, utcnow
-from hub.errors import DiasyndesiError
 from hub.registry import Registry
+from hub.token_lifetimes import (  # noqa: F401 - re-exported: the token API in one place
+    DEFAULT_LIFETIME,
+    MAX_GRACE,
+    MAX_LIFETIME,
+    TokenError,
+    days_text,
+    parse_duration,
+)
 
-MAX_LIFETIME = timedelta(days=365)
-DEFAULT_LIFETIME = "90d"
-MAX_GRACE = timedelta(days=7)
-_DURATION = re.compile(r"^(\d{1,6})\s*([mhdw])$")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _OPERATOR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 State = Literal["active", "expired", "revoked"]
-
-
-class TokenError(DiasyndesiError):
-    """A token command that cannot be done as asked (unknown principal or id, bad duration)."""
 
 
 @dataclass(frozen=True)
@@ -89,33 +87,6 @@ class IssuedToken:
     info: TokenInfo
 
 
-def parse_duration(
-    text: str, *, maximum: timedelta = MAX_LIFETIME, allow_zero: bool = False
-) -> timedelta:
-    """``30m``, ``12h``, ``90d``, ``8w`` → a timedelta no longer than ``maximum``
-    (``0`` only with ``allow_zero``, for a grace period)."""
-    value = text.strip().lower()
-    if value == "never":
-        raise TokenError(
-            f"every token expires: give a duration such as 90d (at most {_days(maximum)})"
-        )
-    if allow_zero and value == "0":
-        return timedelta(0)
-    match = _DURATION.match(value)
-    if match is None:
-        raise TokenError(f"{text!r} is not a duration: use e.g. 30m, 12h, 90d or 8w")
-    duration = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-    if duration == timedelta(0) and not allow_zero:
-        raise TokenError("a token lifetime must be longer than zero")
-    if duration > maximum:
-        raise TokenError(f"{value} is longer than the maximum of {_days(maximum)}")
-    return duration
-
-
-def _days(duration: timedelta) -> str:
-    return f"{duration.days}d" if duration.days else f"{int(duration.total_seconds())}s"
-
-
 def check_principal(registry: Registry, kind: Kind, principal: str) -> None:
     """A centre or agency must be in the registry; an operator name must be plain."""
     if kind not in KINDS:
@@ -146,7 +117,7 @@ async def issue_token(
 ) -> IssuedToken:
     check_principal(registry, kind, principal)
     if not timedelta(0) < lifetime <= MAX_LIFETIME:
-        raise TokenError(f"a token lifetime is between 1 minute and {_days(MAX_LIFETIME)}")
+        raise TokenError(f"a token lifetime is between 1 minute and {days_text(MAX_LIFETIME)}")
     now = now or utcnow()
     async with db.transaction() as session:
         token, row = await _store_new(session, kind, principal, now + lifetime, label, now)
@@ -201,9 +172,9 @@ async def rotate_token(
     """A new token for the same principal (same label); the old one is revoked now, or
     with ``grace`` expires then (if it would not expire sooner). Returns (new, old)."""
     if not timedelta(0) < lifetime <= MAX_LIFETIME:
-        raise TokenError(f"a token lifetime is between 1 minute and {_days(MAX_LIFETIME)}")
+        raise TokenError(f"a token lifetime is between 1 minute and {days_text(MAX_LIFETIME)}")
     if not timedelta(0) <= grace <= MAX_GRACE:
-        raise TokenError(f"the grace period is at most {_days(MAX_GRACE)}")
+        raise TokenError(f"the grace period is at most {days_text(MAX_GRACE)}")
     now = now or utcnow()
     async with db.transaction() as session:
         old = await _by_id(session, token_id)

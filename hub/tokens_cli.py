@@ -9,28 +9,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
-from typing import Annotated, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from hub.auth import Kind
-from hub.db import Database, utcnow
 from hub.errors import DiasyndesiError
-from hub.registry import Registry
-from hub.schema import open_database
-from hub.settings import load_settings
-from hub.tokens import (
-    DEFAULT_LIFETIME,
-    MAX_GRACE,
-    IssuedToken,
-    TokenInfo,
-    issue_token,
-    list_tokens,
-    parse_duration,
-    revoke_token,
-    rotate_token,
-)
+from hub.token_lifetimes import DEFAULT_LIFETIME, MAX_GRACE, parse_duration
+
+if TYPE_CHECKING:  # the database side is imported when a token command runs, not by `up`
+    from hub.auth import Kind
+    from hub.db import Database
+    from hub.registry import Registry
+    from hub.tokens import IssuedToken, TokenInfo
 
 T = TypeVar("T")
 
@@ -54,6 +45,10 @@ def _fail(message: str) -> typer.Exit:
 
 def _with_db(work: Callable[[Database, Registry], Awaitable[T]]) -> T:
     """Run ``work`` against the hub's database (migrated in development, see open_database)."""
+    from hub.registry import Registry
+    from hub.schema import open_database
+    from hub.settings import load_settings
+
     try:
         settings = load_settings()
     except DiasyndesiError as exc:
@@ -127,6 +122,8 @@ def issue(
         raise _fail("give one of --centre, --agency or --operator")
     lifetime = _duration(expires)
     kind, principal = who
+    from hub.tokens import issue_token
+
     issued = _with_db(
         lambda db, registry: issue_token(db, registry, kind, principal, lifetime, label=label)
     )
@@ -143,10 +140,12 @@ def list_(
     """Tokens, oldest first (ids and dates; never a token or its digest)."""
     who = _principal(centre, agency, operator)
     kind, principal = who if who else (None, None)
+    from hub.tokens import list_tokens
+
     tokens = _with_db(
         lambda db, _registry: list_tokens(db, kind=kind, principal=principal, include_inactive=all_)
     )
-    now = utcnow()
+    now = datetime.now(UTC)
     typer.echo(
         f"{'ID':<10}  {'KIND':<8}  {'PRINCIPAL':<26}  {'CREATED (UTC)':<16}  "
         f"{'EXPIRES (UTC)':<16}  {'STATE':<7}  NOTE"
@@ -174,6 +173,8 @@ def revoke(
     token_id: Annotated[str, typer.Argument(help="the token's id (see `token list`)")],
 ) -> None:
     """Revoke a token: every API process refuses it within a second."""
+    from hub.tokens import revoke_token
+
     info, revoked = _with_db(lambda db, _registry: revoke_token(db, token_id))
     if not revoked:
         typer.echo(f"token {info.id} was already revoked at {_when(info.revoked_at)} UTC")
@@ -192,6 +193,8 @@ def rotate(
     """A new token for the same principal; the old one is revoked (now, or after --grace)."""
     lifetime = _duration(expires)
     grace_period = _duration(grace, grace=True)
+    from hub.tokens import rotate_token
+
     issued, old = _with_db(
         lambda db, registry: rotate_token(db, registry, token_id, lifetime, grace=grace_period)
     )
