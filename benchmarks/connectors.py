@@ -46,7 +46,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from connectors.base import Connector, Delivery, idempotency_key  # noqa: E402
+from diasyndesi_sdk.connector import Connector, Delivery, idempotency_key  # noqa: E402
 from hub.errors import RetryableError  # noqa: E402
 from hub.factory import build_connector  # noqa: E402
 from hub.logs import configure_logging  # noqa: E402

@@ -36,7 +36,8 @@ from typing import Any
 
 import aiohttp
 
-from connectors.base import KEEPALIVE_S
+from diasyndesi_sdk.connector import KEEPALIVE_S
+from diasyndesi_sdk.webhooks import new_secret
 from hub.bench_bare import (
     FOUR,
     READY_LINE,
@@ -52,7 +53,6 @@ from hub.events import PoisonRecord, decode
 from hub.registry import Registry
 from hub.samples import sample_referral
 from hub.settings import Settings
-from hub.webhooks import new_secret
 from schemas.events import TOPIC_DELIVERIES, DeliveryOutcome
 
 AGENCIES = ["opeka", "dypa", "kozani-social-grocery", "kozani-social-service"]

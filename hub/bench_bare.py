@@ -69,7 +69,7 @@ async def run_worker(bootstrap: str, agencies: list[str]) -> None:
             connector: Any = connector,
             limit: asyncio.Semaphore = limit,
         ) -> None:
-            from connectors.base import Delivery, idempotency_key
+            from diasyndesi_sdk.connector import Delivery, idempotency_key
 
             message = orjson.loads(record.value)
             referral, event_id = message["referral"], message["event_id"]

@@ -41,7 +41,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from connectors.base import Connector, Delivery, Receipt, idempotency_key
+from diasyndesi_sdk.connector import Connector, Delivery, Receipt, idempotency_key
 from hub.breaker import BreakerState, CircuitBreaker
 from hub.bus import Publisher
 from hub.errors import BrokerError, DeliveryError, PermanentError, RetryableError

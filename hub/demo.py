@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from connectors.base import KEEPALIVE_S
+from diasyndesi_sdk.connector import KEEPALIVE_S
 from hub.errors import DiasyndesiError
 from hub.samples import sample_referral
 

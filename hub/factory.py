@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from connectors.base import Connector
 from connectors.benefits_agency.connector import BenefitsAgencyConnector
 from connectors.employment_service.connector import EmploymentServiceConnector
 from connectors.municipal_social_service.connector import MunicipalSocialServiceConnector
 from connectors.social_grocery.connector import SocialGroceryConnector
+from diasyndesi_sdk.connector import Connector
 from hub.errors import ConfigurationError
 from hub.registry import Agency
 from hub.settings import AgencyConnection, Settings

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, model_validator
 
-from hub.secret_files import read_secret_file, refuse_placeholder
+from diasyndesi_sdk.secret_files import read_secret_file, refuse_placeholder
 
 
 class KafkaClientSettings(BaseModel):

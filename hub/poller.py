@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from sqlalchemy import or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from connectors.base import Connector, PollsStatus
+from diasyndesi_sdk.connector import Connector, PollsStatus
 from hub.bus import Publisher
 from hub.db import Database, DeliveryRow
 from hub.errors import BrokerError, DeliveryError

@@ -12,7 +12,7 @@ import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from connectors.base import Connector, PollsStatus
+from diasyndesi_sdk.connector import Connector, PollsStatus
 from hub.api.app import create_app
 from hub.api.deps import HubState
 from hub.api.health import Probe, Readiness, broker_probe, create_health_app, database_probe

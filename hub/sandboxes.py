@@ -16,9 +16,9 @@ from connectors.sandboxes import (
     municipal_social_service,
     social_grocery,
 )
+from diasyndesi_sdk.webhooks import new_secret
 from hub.servers import RunningServer, start_server
 from hub.settings import AgencyConnection, Settings
-from hub.webhooks import new_secret
 
 
 @dataclass

@@ -26,9 +26,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from diasyndesi_sdk.connection import AgencyConnection
+from diasyndesi_sdk.secret_files import read_secret_file, refuse_placeholder
 from hub.errors import ConfigurationError
 from hub.kafka_settings import KafkaClientSettings
-from hub.secret_files import read_secret_file, refuse_placeholder
 
 __all__ = [
     "AgencyConnection",
@@ -102,27 +103,6 @@ class RetrySettings(BaseModel):
     topic_delays_s: list[float] = Field(default=[60.0, 600.0, 3600.0], max_length=10)
     breaker_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
-
-
-class AgencyConnection(BaseModel):
-    """How to reach one agency. ``secret`` is whatever the agency's scheme needs: an OAuth2
-    client secret, a WS-Security password, an API key or a webhook signing secret; or
-    ``secret_file`` names a file holding it (a compose secret, a Kubernetes Secret volume)."""
-
-    base_url: str = ""
-    username: str = ""
-    secret: SecretStr = SecretStr("")
-    secret_file: FilePath | None = None
-    timeout_s: float = Field(default=10.0, gt=0)
-
-    @model_validator(mode="after")
-    def _secret(self) -> AgencyConnection:
-        if self.secret_file is not None:
-            if self.secret.get_secret_value():
-                raise ValueError("set SECRET or SECRET_FILE, not both")
-            self.secret = read_secret_file(self.secret_file)  # counts as set (merging)
-        refuse_placeholder(self.secret, "agency secret")
-        return self
 
 
 class Settings(BaseSettings):

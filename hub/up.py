@@ -30,11 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from diasyndesi_sdk.webhooks import new_secret
 from hub.broker import broker_command, free_port, port_open
 from hub.logs import get_logger
 from hub.process_tree import ChildSpec, Probe, ProcessTree
 from hub.settings import Settings
-from hub.webhooks import new_secret
 
 log = get_logger(__name__)
 

@@ -23,7 +23,8 @@ from zeep.proxy import AsyncServiceProxy
 from zeep.transports import Transport
 from zeep.wsse.username import UsernameToken
 
-from hub.errors import ConfigurationError, PermanentError, RetryableError
+from diasyndesi_sdk.classify import http_failure, soap_fault_failure, transport_failure
+from diasyndesi_sdk.errors import ConfigurationError, PermanentError, RetryableError
 
 WSDL = (
     importlib.resources.files(__package__ or "connectors.benefits_agency") / "wsdl" / "opeka.wsdl"
@@ -31,11 +32,6 @@ WSDL = (
 """The vendored WSDL, package data: read through importlib.resources so an installed hub has it."""
 BINDING = "{urn:gr:opeka:kk:referrals:v1}OpekaParapompesSoap12Binding"
 MAX_RESPONSE_BYTES = 1024 * 1024
-RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-# WS-Security fault subcodes (WSS 1.1 §12): the credentials, not the referral, are wrong.
-AUTH_SUBCODES = frozenset(
-    {"FailedAuthentication", "InvalidSecurity", "InvalidSecurityToken", "FailedCheck"}
-)
 SOAP_MEDIA_TYPES = frozenset({"application/soap+xml", "text/xml", "application/xml"})
 
 
@@ -101,7 +97,8 @@ class AiohttpTransport(Transport):
                         raise RetryableError("answer too large", error_class="oversized")
                 media = response.content_type
                 if response.status != 200 and media not in SOAP_MEDIA_TYPES:
-                    raise _http_error(response.status, response.headers.get("Retry-After"))
+                    # "" : _call names the operation when it re-raises
+                    raise http_failure(response.status, response.headers.get("Retry-After"), "")
                 if b"<!DOCTYPE" in raw:
                     # SOAP 1.2 forbids a DTD in any message (Part 1, 5.): refuse before
                     # parsing, so bombs and external entities never reach a parser.
@@ -109,24 +106,11 @@ class AiohttpTransport(Transport):
                         "unsafe XML in answer (DTD)", error_class="unsafe_response"
                     )
                 return _Reply(response.status, bytes(raw), response.headers)
-        except TimeoutError as exc:
-            raise RetryableError("timed out", error_class="timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise RetryableError(type(exc).__name__, error_class="connection") from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise transport_failure(exc, "") from exc
 
     async def aclose(self) -> None:
         """The session belongs to the connector, which closes it."""
-
-
-def _http_error(status: int, retry_after: str | None) -> Exception:
-    """A non-SOAP HTTP error, from a gateway in front of the service."""
-    if status in RETRYABLE_STATUSES or status in (401, 403):
-        delay = float(retry_after) if retry_after and retry_after.isdigit() else None
-        error_class = "auth_rejected" if status in (401, 403) else f"http_{status}"
-        return RetryableError(
-            f"agency answered {status}", error_class=error_class, retry_after_s=delay
-        )
-    return PermanentError(f"agency answered {status}", error_class=f"http_{status}")
 
 
 def _local(name: object) -> str:
@@ -135,20 +119,11 @@ def _local(name: object) -> str:
 
 
 def classify_fault(fault: zeep.exceptions.Fault, what: str) -> Exception:
-    """SOAP 1.2: Sender is the caller's mistake, Receiver the agency's; wrong credentials
-    are the operator's to fix, so the referral waits (retryable) instead of dying."""
-    code = _local(fault.code)
-    subcodes = {_local(sub) for sub in (fault.subcodes or [])}
-    label = "/".join([code, *sorted(subcodes)])
-    if subcodes & AUTH_SUBCODES:
-        return RetryableError(f"{what}: credentials refused ({label})", error_class="auth_rejected")
-    if code == "Sender":
-        return PermanentError(f"{what}: agency fault {label}", error_class="soap_client_fault")
-    if code == "Receiver":
-        return RetryableError(f"{what}: agency fault {label}", error_class="soap_server_fault")
-    # VersionMismatch, MustUnderstand, DataEncodingUnknown: a protocol mismatch between
-    # hub and agency (configuration), never the referral's fault.
-    return RetryableError(f"{what}: agency fault {label}", error_class="soap_protocol_fault")
+    """A SOAP fault through the SDK's one table (Sender: the referral's fault; Receiver: the
+    agency's; a WS-Security subcode: the credentials', so the referral waits)."""
+    return soap_fault_failure(
+        _local(fault.code), [_local(sub) for sub in (fault.subcodes or [])], what
+    )
 
 
 class BenefitsAgencyClient:

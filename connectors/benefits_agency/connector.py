@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import aiohttp
 
-from connectors.base import (
+from connectors.benefits_agency.client import BenefitsAgencyClient
+from diasyndesi_sdk.connector import (
     AgencyConnection,
     Connector,
     Delivery,
@@ -19,8 +20,7 @@ from connectors.base import (
     RetryableError,
     StatusReport,
 )
-from connectors.benefits_agency.client import BenefitsAgencyClient
-from connectors.http import http_session
+from diasyndesi_sdk.http import http_session
 from schemas.codes import EnrollmentStatus
 
 # ΟΠΕΚΑ's status codes (WSDL type Katastasi) in the hub's vocabulary.

@@ -15,8 +15,9 @@ from typing import Any
 
 import aiohttp
 
-from connectors.http import http_failure, not_an_object, read_json_object, transport_errors
-from hub.errors import PermanentError, RetryableError
+from diasyndesi_sdk.classify import credentials_refused
+from diasyndesi_sdk.errors import PermanentError, RetryableError
+from diasyndesi_sdk.http import http_failure, not_an_object, read_json_object, transport_errors
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,9 @@ class EmploymentServiceClient:
                     },
                 )
             except PermanentError as exc:
-                # Refused credentials are an operator's problem, not the referral's: keep
-                # the referral and retry once the credentials are fixed.
-                raise RetryableError(
-                    "token: client credentials refused", error_class="auth_rejected"
-                ) from exc
+                # An OAuth2 token endpoint refuses a client with 400 invalid_client as often
+                # as with 401: either way the operator's to fix, so the referral waits.
+                raise credentials_refused("token", "client credentials") from exc
             token, ttl = body.get("access_token"), body.get("expires_in", 300)
             if not isinstance(token, str) or not isinstance(ttl, int):
                 raise RetryableError("token: malformed answer", error_class="malformed_response")
@@ -91,8 +90,8 @@ class EmploymentServiceClient:
                         "Idempotency-Key": idempotency_key,
                     },
                 )
-            except PermanentError as exc:
-                if exc.error_class != "http_401":
+            except RetryableError as exc:
+                if exc.error_class != "auth_rejected":
                     raise
                 self._token = None  # expired or revoked: fetch a new one, once
                 if attempt == 2:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import aiohttp
 
-from connectors.base import AgencyConnection, Connector, Delivery, Receipt
 from connectors.employment_service.client import EmploymentServiceClient
-from connectors.http import http_session
+from diasyndesi_sdk.connector import AgencyConnection, Connector, Delivery, Receipt
+from diasyndesi_sdk.http import http_session
 from schemas.codes import EnrollmentStatus
 
 

@@ -17,9 +17,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from connectors.http import http_failure, not_an_object, read_json_object, transport_errors
-from hub.errors import PermanentError, RetryableError
-from hub.webhooks import REASONS, sign
+from diasyndesi_sdk.classify import credentials_refused
+from diasyndesi_sdk.errors import PermanentError, RetryableError
+from diasyndesi_sdk.http import http_failure, not_an_object, read_json_object, transport_errors
+from diasyndesi_sdk.webhooks import REASONS, sign
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,7 @@ def classify(status: int, headers: Mapping[str, str], body: dict[str, Any], what
     """
     if status == 401:
         reason = body.get("reason")
-        detail = f" ({reason})" if reason in REASONS else ""
-        return RetryableError(f"{what}: signature refused{detail}", error_class="auth_rejected")
+        return credentials_refused(what, f"signature: {reason}" if reason in REASONS else "")
     if status == 409:
         return PermanentError(
             f"{what}: message id reused with a different body", error_class="http_409"

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import aiohttp
 
-from connectors.base import AgencyConnection, Connector, Delivery, Receipt
-from connectors.http import http_session
 from connectors.municipal_social_service.client import MunicipalSocialServiceClient
-from hub.errors import ConfigurationError
-from hub.webhooks import WebhookError, decode_secret
+from diasyndesi_sdk.connector import AgencyConnection, Connector, Delivery, Receipt
+from diasyndesi_sdk.errors import ConfigurationError
+from diasyndesi_sdk.http import http_session
+from diasyndesi_sdk.webhooks import WebhookError, decode_secret
 from schemas.codes import EnrollmentStatus
 
 

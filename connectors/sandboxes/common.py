@@ -29,6 +29,8 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from diasyndesi_sdk.classify import retry_after
+
 log = structlog.get_logger(__name__)
 
 __all__ = [
@@ -609,11 +611,8 @@ class StatusPusher:
 
 
 def _retry_after_s(value: str | None) -> float:
-    """A Retry-After in seconds (the hub sends seconds), at most 30; 0 if absent or odd."""
-    try:
-        return min(max(float(value or 0), 0.0), 30.0)
-    except ValueError:
-        return 0.0
+    """A Retry-After (either form, the SDK's one parser), at most 30 s; 0 if absent or odd."""
+    return min(retry_after(value) or 0.0, 30.0)
 
 
 # --------------------------------------------------------------------------- app

@@ -35,7 +35,7 @@ from connectors.sandboxes.common import (
     apply_faults,
     utc_now,
 )
-from hub.webhooks import WebhookError, decode_secret, sign, verify
+from diasyndesi_sdk.webhooks import WebhookError, decode_secret, sign, verify
 
 __all__ = ["SERVICES", "MunicipalSandboxConfig", "create_app", "push_headers"]
 

@@ -1,8 +1,9 @@
 """The social grocery's case API in its own words: ``refer_household`` to a grocery and
 ``case_status`` of an earlier referral, behind a static API key (``X-API-Key``).
 
-aiohttp, as for ΔΥΠΑ (docs/decisions/0004-http-client.md). Every aiohttp exception is
-translated here into RetryableError or PermanentError; messages name the call and the
+aiohttp, as for ΔΥΠΑ (docs/decisions/0004-http-client.md). Every failure is translated
+through the SDK's one table (a refused API key, 401, is retryable ``auth_rejected``: the
+operator must fix the key and the referral waits); messages name the call and the
 HTTP status, never the payload (it carries names and addresses).
 """
 
@@ -13,8 +14,8 @@ from typing import Any
 
 import aiohttp
 
-from connectors.http import http_failure, not_an_object, read_json_object, transport_errors
-from hub.errors import PermanentError, RetryableError
+from diasyndesi_sdk.errors import PermanentError, RetryableError
+from diasyndesi_sdk.http import http_failure, not_an_object, read_json_object, transport_errors
 
 
 @dataclass(frozen=True)
@@ -24,17 +25,6 @@ class Intake:
     case_id: str
     status: str
     duplicate: bool
-
-
-def classify_status(status: int, retry_after: str | None, what: str) -> Exception:
-    """An HTTP failure as the hub's retry signal; the class name is metric-safe.
-
-    A 401 is retryable: a wrong or revoked API key is the operator's to fix, and the
-    referral must wait for that rather than be dead-lettered.
-    """
-    if status == 401:
-        return RetryableError(f"{what}: API key refused", error_class="auth_rejected")
-    return http_failure(status, retry_after, what)
 
 
 class SocialGroceryClient:
@@ -88,7 +78,7 @@ class SocialGroceryClient:
             ) as response,
         ):
             if response.status >= 300:
-                raise classify_status(response.status, response.headers.get("Retry-After"), what)
+                raise http_failure(response.status, response.headers.get("Retry-After"), what)
             body = await read_json_object(response, what)
             if body is None:
                 raise not_an_object(what)

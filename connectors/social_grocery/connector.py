@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import aiohttp
 
-from connectors.base import AgencyConnection, Connector, Delivery, Receipt
-from connectors.http import http_session
 from connectors.social_grocery.client import SocialGroceryClient
-from hub.errors import ConfigurationError
+from diasyndesi_sdk.connector import AgencyConnection, Connector, Delivery, Receipt
+from diasyndesi_sdk.errors import ConfigurationError
+from diasyndesi_sdk.http import http_session
 from schemas.codes import EnrollmentStatus
 
 # The grocery's answers in the hub's vocabulary; anything else leaves the status unknown.

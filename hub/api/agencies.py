@@ -10,10 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
+from diasyndesi_sdk.webhooks import SECRET_PREFIX, WebhookError, verify
 from hub.api.deps import HubState, PrincipalDep, StateDep, get_principal
 from hub.api.status_writer import NotRouted, StatusPush, WebhookIdReused
 from hub.events import encode, new_event_id
-from hub.webhooks import SECRET_PREFIX, WebhookError, verify
 from schemas.events import STATUS_CHANGED, TOPIC_STATUS, AgencyStatusUpdate, StatusChanged
 
 router = APIRouter(prefix="/v1", tags=["agencies"])

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from connectors.base import Connector, Delivery, Receipt, idempotency_key
+from diasyndesi_sdk.connector import Connector, Delivery, Receipt, idempotency_key
 from hub.broker import free_port
 from hub.errors import PermanentError, RetryableError
 from hub.servers import RunningServer

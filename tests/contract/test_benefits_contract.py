@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from connectors.base import Connector
 from connectors.benefits_agency.connector import BenefitsAgencyConnector
 from connectors.sandboxes.benefits_agency import BenefitsSandboxConfig, create_app
+from diasyndesi_sdk.connector import Connector
 from hub.errors import PermanentError
 from hub.mapping import load_mapping
 from hub.samples import sample_referral

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from connectors.base import Connector
 from connectors.employment_service.connector import EmploymentServiceConnector
 from connectors.sandboxes.employment_service import EmploymentSandboxConfig, create_app
+from diasyndesi_sdk.connector import Connector
 from hub.mapping import load_mapping
 from hub.samples import sample_referral
 from hub.servers import start_server

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from connectors.base import Connector
 from connectors.municipal_social_service.connector import MunicipalSocialServiceConnector
 from connectors.sandboxes.municipal_social_service import MunicipalSandboxConfig, create_app
+from diasyndesi_sdk.connector import Connector
+from diasyndesi_sdk.webhooks import new_secret
 from hub.servers import start_server
 from hub.settings import AgencyConnection
-from hub.webhooks import new_secret
 from tests.contract.base import ConnectorContract, Harness
 
 SECRET = new_secret()

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from connectors.base import Connector
 from connectors.sandboxes.social_grocery import SocialGrocerySandboxConfig, create_app
 from connectors.social_grocery.connector import SocialGroceryConnector
+from diasyndesi_sdk.connector import Connector
 from hub.servers import start_server
 from hub.settings import AgencyConnection
 from tests.contract.base import ConnectorContract, Harness

@@ -227,6 +227,6 @@ class SplitHub:
 
 
 def _webhook_secret() -> str:
-    from hub.webhooks import new_secret
+    from diasyndesi_sdk.webhooks import new_secret
 
     return new_secret()

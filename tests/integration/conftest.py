@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from connectors.base import KEEPALIVE_S
+from diasyndesi_sdk.connector import KEEPALIVE_S
 from hub.broker import free_port
 from hub.runtime import Embedded, Hub
 from hub.settings import ConsumerSettings, RetrySettings, Settings

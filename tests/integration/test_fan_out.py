@@ -7,8 +7,8 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+from diasyndesi_sdk.webhooks import sign
 from hub.samples import sample_referral
-from hub.webhooks import sign
 from tests.integration.conftest import Stack
 
 FOUR_FAMILIES = ["GMI", "UNEMPLOYMENT_REGISTRATION", "SOCIAL_GROCERY", "HELP_AT_HOME"]

@@ -8,7 +8,7 @@ import json
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import select
 
-from connectors.base import idempotency_key
+from diasyndesi_sdk.connector import idempotency_key
 from hub.broker import EmbeddedBroker
 from hub.db import Database, DeliveryRow
 from hub.mapping import load_mapping

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from connectors.base import Delivery, Receipt
+from diasyndesi_sdk.connector import Delivery, Receipt
 from hub.broker import EmbeddedBroker
 from hub.mapping import Mapping
 from hub.runtime import Hub

@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 from fastapi import FastAPI
 
-from connectors.base import Delivery, idempotency_key
 from connectors.benefits_agency.connector import BenefitsAgencyConnector
 from connectors.sandboxes.benefits_agency import BenefitsSandboxConfig, create_app
+from diasyndesi_sdk.connector import Delivery, idempotency_key
 from hub.broker import free_port
 from hub.errors import DeliveryError, PermanentError, RetryableError
 from hub.samples import make_amka

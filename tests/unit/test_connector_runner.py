@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from connectors.base import Connector, Delivery, Receipt, idempotency_key
+from diasyndesi_sdk.connector import Connector, Delivery, Receipt, idempotency_key
 from hub.breaker import BreakerState
 from hub.bus import MemoryPublisher
 from hub.connector_runner import RETRY_AFTER_CAP_S, ConnectorRunner, DrainOnRevoke, Incoming

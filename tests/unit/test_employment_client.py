@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 from fastapi import FastAPI
 
-from connectors.base import Delivery, Receipt, idempotency_key
 from connectors.employment_service.connector import EmploymentServiceConnector
 from connectors.sandboxes.employment_service import EmploymentSandboxConfig, create_app
+from diasyndesi_sdk.connector import Delivery, Receipt, idempotency_key
 from hub.broker import free_port
 from hub.errors import PermanentError, RetryableError
 from hub.mapping import load_mapping
@@ -201,7 +201,7 @@ async def test_wrong_client_secret_is_retryable_auth_rejected(
     with pytest.raises(RetryableError) as caught:
         await connector.deliver(delivery())
     assert caught.value.error_class == "auth_rejected"
-    assert str(caught.value) == "token: client credentials refused"
+    assert str(caught.value) == "token: credentials refused (HTTP 401)"
     assert "not-the-secret" not in str(caught.value)
     assert sandbox[0].state.ledger.stats()["received"] == 0
 

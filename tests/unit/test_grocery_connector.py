@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 from fastapi import FastAPI
 
-from connectors.base import Delivery, Receipt, idempotency_key
 from connectors.sandboxes.social_grocery import SocialGrocerySandboxConfig, create_app
 from connectors.social_grocery.connector import SocialGroceryConnector
+from diasyndesi_sdk.connector import Delivery, Receipt, idempotency_key
 from hub.broker import free_port
 from hub.errors import ConfigurationError, PermanentError, RetryableError
 from hub.servers import RunningServer, start_server

@@ -11,14 +11,14 @@ import aiohttp
 import pytest
 from fastapi import FastAPI
 
-from connectors.base import Delivery, Receipt, idempotency_key
 from connectors.municipal_social_service.connector import MunicipalSocialServiceConnector
 from connectors.sandboxes.municipal_social_service import MunicipalSandboxConfig, create_app
+from diasyndesi_sdk.connector import Delivery, Receipt, idempotency_key
+from diasyndesi_sdk.webhooks import new_secret
 from hub.broker import free_port
 from hub.errors import ConfigurationError, PermanentError, RetryableError
 from hub.servers import RunningServer, start_server
 from hub.settings import AgencyConnection
-from hub.webhooks import new_secret
 from schemas.codes import EnrollmentStatus
 
 KOZANI, KARPENISI = "kozani-social-service", "karpenisi-social-service"
@@ -146,7 +146,7 @@ async def test_wrong_secret_is_retryable_auth_rejected(
     with pytest.raises(RetryableError) as caught:
         await connector.deliver(delivery())
     assert caught.value.error_class == "auth_rejected"
-    assert str(caught.value) == "open_case: signature refused (bad_signature)"
+    assert str(caught.value) == "open_case: credentials refused (signature: bad_signature)"
     assert wrong not in str(caught.value)
     assert ledger_stats(sandbox)["received"] == 0
 

@@ -23,7 +23,7 @@ from connectors.sandboxes.municipal_social_service import (
     create_app,
     push_headers,
 )
-from hub.webhooks import new_secret, sign, verify
+from diasyndesi_sdk.webhooks import new_secret, sign, verify
 from tests.fake_hub import FakeHub as _RecordingHub
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from connectors.base import Connector, Delivery, PollsStatus, Receipt, StatusReport
+from diasyndesi_sdk.connector import Connector, Delivery, PollsStatus, Receipt, StatusReport
 from hub.bus import MemoryPublisher
 from hub.db import Database, DeliveryRow, ReferralRow
 from hub.events import decode

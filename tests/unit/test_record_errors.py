@@ -13,7 +13,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from connectors.base import Connector, Delivery, Receipt
+from diasyndesi_sdk.connector import Connector, Delivery, Receipt
 from hub.bus import MemoryPublisher
 from hub.connector_loop import ConnectorLoop
 from hub.connector_runner import ConnectorRunner

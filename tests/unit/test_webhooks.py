@@ -1,5 +1,6 @@
-"""Standard Webhooks signing (hub/webhooks.py): our own checks, and interoperability with the
-reference `standardwebhooks` package both ways, since municipalities may use it."""
+"""Standard Webhooks signing (diasyndesi_sdk/webhooks.py): our own checks, and
+interoperability with the reference `standardwebhooks` package both ways, since
+municipalities may use it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from datetime import UTC, datetime
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from hub.webhooks import REASONS, WebhookError, decode_secret, new_secret, sign, verify
+from diasyndesi_sdk.webhooks import REASONS, WebhookError, decode_secret, new_secret, sign, verify
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 BODY = b'{"referral_id":"ref-1","status":"received","notes":"\xce\xb3\xce\xb5\xce\xb9\xce\xb1"}'

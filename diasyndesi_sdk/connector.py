@@ -20,8 +20,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from hub.errors import PermanentError, RetryableError
-from hub.settings import AgencyConnection
+from diasyndesi_sdk.connection import AgencyConnection
+from diasyndesi_sdk.errors import PermanentError, RetryableError
 from schemas.codes import EnrollmentStatus
 
 __all__ = [

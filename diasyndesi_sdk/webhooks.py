@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from hub.errors import DiasyndesiError
+from diasyndesi_sdk.errors import DiasyndesiError
 
 __all__ = [
     "REASONS",
