@@ -158,7 +158,7 @@ async def run(args: argparse.Namespace) -> int:
         extra_env={
             "RETRY__TOPIC_DELAYS_S": "[2, 10, 30]",
             "SANDBOX_DECISION_DELAY_S": "0.5",
-            "SANDBOX_GROCERY_CAPACITY": "1000000",
+            "SANDBOX_OPTIONS__SOCIAL_GROCERY__CAPACITY": "1000000",
         },
     )
     clients: list[Client] = []

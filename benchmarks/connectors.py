@@ -74,8 +74,7 @@ async def main():
     configure_logging("WARNING")
     tmp = Path(sys.argv[1])
     settings = Settings(
-        var_dir=tmp, sandbox_benefits_port=0, sandbox_employment_port=0,
-        sandbox_grocery_port=0, sandbox_municipal_port=0,
+        var_dir=tmp, sandbox_port_base=0,
         sandbox_decision_delay_s=3600, log_level="WARNING",
     )
     sandboxes = await start_sandboxes(settings, hub_url=None, agency_tokens={})

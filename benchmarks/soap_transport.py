@@ -50,7 +50,7 @@ WSDL_PATH = str(WSDL)  # package data, on disk in a checkout
 USER, PASSWORD = "diasyndesi", "bench-password-1"
 SERVER = """
 import asyncio
-from connectors.sandboxes.benefits_agency import BenefitsSandboxConfig, create_app
+from connectors.benefits_agency.sandbox.app import BenefitsSandboxConfig, create_app
 from hub.servers import start_server
 async def main():
     app = create_app(BenefitsSandboxConfig(password={pw!r}, decision_delay_s=0))

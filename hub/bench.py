@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,6 @@ from typing import Any
 import aiohttp
 
 from diasyndesi_sdk.connector import KEEPALIVE_S
-from diasyndesi_sdk.webhooks import new_secret
 from hub.bench_bare import (
     FOUR,
     READY_LINE,
@@ -142,13 +140,12 @@ def base_env(var_dir: Path) -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith(("AGENCIES__", "KAFKA_", "SANDBOX_", "DATABASE_URL", "API_", "VAR_"))
     }
-    ports = {name: str(free_port()) for name in ("BENEFITS", "EMPLOYMENT", "GROCERY", "MUNICIPAL")}
-    env.update({f"SANDBOX_{name}_PORT": port for name, port in ports.items()})
     env.update(
         VAR_DIR=str(var_dir),
         API_PORT=str(free_port()),
         EMBEDDED_BROKER_PORT=str(free_port()),
-        SANDBOX_GROCERY_CAPACITY="1000000",
+        SANDBOX_PORT_BASE="0",  # free ports (sandbox_connections fixes them for the bare run)
+        SANDBOX_OPTIONS__SOCIAL_GROCERY__CAPACITY="1000000",
         LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
     )
@@ -156,25 +153,14 @@ def base_env(var_dir: Path) -> dict[str, str]:
 
 
 def sandbox_connections(env: dict[str, str]) -> dict[str, str]:
-    """Shared agency secrets and URLs, so a sandbox and a worker started apart agree."""
-    out: dict[str, str] = {}
-    urls = {
-        "opeka": f"http://127.0.0.1:{env['SANDBOX_BENEFITS_PORT']}/soap",
-        "dypa": f"http://127.0.0.1:{env['SANDBOX_EMPLOYMENT_PORT']}",
-        "kozani-social-grocery": f"http://127.0.0.1:{env['SANDBOX_GROCERY_PORT']}",
-        "kozani-social-service": f"http://127.0.0.1:{env['SANDBOX_MUNICIPAL_PORT']}"
-        "/kozani-social-service",
-        "karpenisi-social-service": f"http://127.0.0.1:{env['SANDBOX_MUNICIPAL_PORT']}"
-        "/karpenisi-social-service",
-    }
-    for agency, url in urls.items():
-        key = f"AGENCIES__{agency.upper().replace('-', '_')}"
-        out[f"{key}__BASE_URL"] = url
-        municipal = agency.endswith("social-service")
-        out[f"{key}__SECRET"] = new_secret() if municipal else secrets.token_urlsafe(24)
-        if agency in ("opeka", "dypa"):
-            out[f"{key}__USERNAME"] = "diasyndesi"
-    return out
+    """Ports, shared agency secrets and URLs, so a sandbox and a worker started apart agree
+    (what ``up`` gives its children, hub/sandboxes.py)."""
+    from hub.sandboxes import agency_env, port_env, sandbox_families
+
+    settings = Settings(var_dir=Path(env["VAR_DIR"]), sandbox_port_base=0)
+    families = sandbox_families(settings)
+    ports = {family.name: free_port() for family in families}
+    return {**port_env(ports), **agency_env(settings, families, ports)}
 
 
 async def measure(

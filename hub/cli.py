@@ -182,7 +182,9 @@ def sandbox(
         bool, typer.Option(help="push statuses to the hub at API_URL/PUBLIC_URL")
     ] = True,
 ) -> None:
-    """The simulated agencies alone (ports from SANDBOX_* settings)."""
+    """The simulated agencies alone, one server per installed family (ports from
+    SANDBOX_PORT_BASE / SANDBOX_PORTS__<FAMILY>); prints the AGENCIES__* settings to give
+    the workers."""
     from hub.sandboxes import start_sandboxes
 
     settings = _settings()
@@ -195,8 +197,9 @@ def sandbox(
         typer.echo("sandbox agencies:\n" + sandboxes.describe())
         for agency, connection in sandboxes.connections.items():
             key = agency.upper().replace("-", "_")
-            typer.echo(f"  AGENCIES__{key}__BASE_URL={connection.base_url}")
-            typer.echo(f"  AGENCIES__{key}__SECRET={connection.secret.get_secret_value()}")
+            fields = connection.model_dump(exclude_defaults=True, exclude={"secret"})
+            for name, value in {**fields, "secret": connection.secret.get_secret_value()}.items():
+                typer.echo(f"  AGENCIES__{key}__{name.upper()}={value}")
         try:
             await _until_signal()
         finally:

@@ -1,30 +1,30 @@
-"""Builds the connector for an agency from its registry entry and its connection settings."""
+"""Builds the connector for an agency from its registry entry, its family's plugin spec and
+its connection settings (``AGENCIES__<ID>__*``, validated by the family's own model)."""
 
 from __future__ import annotations
 
-from connectors.benefits_agency.connector import BenefitsAgencyConnector
-from connectors.employment_service.connector import EmploymentServiceConnector
-from connectors.municipal_social_service.connector import MunicipalSocialServiceConnector
-from connectors.social_grocery.connector import SocialGroceryConnector
+from pydantic import ValidationError
+
 from diasyndesi_sdk.connector import Connector
 from hub.errors import ConfigurationError
+from hub.families import family_spec
 from hub.registry import Agency
 from hub.settings import AgencyConnection, Settings
-
-CONNECTOR_CLASSES: dict[str, type[Connector]] = {
-    "benefits_agency": BenefitsAgencyConnector,
-    "employment_service": EmploymentServiceConnector,
-    "social_grocery": SocialGroceryConnector,
-    "municipal_social_service": MunicipalSocialServiceConnector,
-}
 
 
 def build_connector(agency: Agency, settings: Settings) -> Connector:
     connection = settings.agencies.get(agency.id, AgencyConnection())
+    key = agency.id.upper().replace("-", "_")
     if not connection.base_url:
-        key = agency.id.upper().replace("-", "_")
         raise ConfigurationError(f"agency {agency.id}: set AGENCIES__{key}__BASE_URL and __SECRET")
-    cls = CONNECTOR_CLASSES.get(agency.family)
-    if cls is None:
-        raise ConfigurationError(f"agency {agency.id}: no connector for family {agency.family}")
-    return cls(agency.id, connection, max_connections=settings.agency_concurrency * 2)
+    spec = family_spec(agency.family)
+    try:
+        typed = spec.connection.model_validate(connection.model_dump(exclude={"secret_file"}))
+    except ValidationError as exc:
+        first = exc.errors(include_input=False)[0]
+        field = ".".join(str(part) for part in first["loc"]).upper()
+        raise ConfigurationError(
+            f"agency {agency.id}: AGENCIES__{key}__{field}: {first['msg']}"
+        ) from None
+    cls = spec.load_connector()
+    return cls(agency.id, typed, max_connections=settings.agency_concurrency * 2)

@@ -191,25 +191,31 @@ SPECIAL_CODES = frozenset(code.value for code in SPECIAL_CATEGORY_VULNERABILITIE
 
 
 def check_minimisation(mapping: Mapping, family: str, where: str) -> None:
-    """The data-minimisation rules of the project, enforced on every mapping at start-up:
+    """The data-minimisation rules of the project, enforced on every mapping at start-up
+    from the family's ``Minimisation`` profile (its plugin spec):
 
-    * the AFM goes only to the benefits agency;
-    * free-text notes only to the municipal social service;
-    * special-category vulnerabilities (health, disability, Roma or migrant background) go
-      to the municipal social service, and to the benefits agency only in rules that apply
-      when the referral asks for DISABILITY_ALLOWANCE; never to anyone else.
+    * the AFM goes only to a family whose profile allows it (the benefits agency);
+    * free-text notes likewise (the municipal social service);
+    * vulnerabilities go out only through a code list naming what may leave, and
+      special-category codes (health, disability, Roma or migrant background) only to a
+      family allowing them all (the municipal social service) or, for
+      ``disability_allowance_only`` (the benefits agency), in rules that apply when the
+      referral asks for DISABILITY_ALLOWANCE; never to anyone else.
     """
+    from hub.families import family_spec
+
+    allowed = family_spec(family).minimisation
     for index, rule in enumerate(mapping.fields):
         here = f"{where}: fields.{index} ({rule.to})"
         if rule.source == "programmes" and rule.codes is None:
             raise ConfigurationError(
                 f"{here}: programmes need a code list naming the agency's own programmes"
             )
-        if rule.source == "beneficiary.afm" and family != "benefits_agency":
-            raise ConfigurationError(f"{here}: the AFM may go only to the benefits agency")
-        if rule.source == "notes" and family != "municipal_social_service":
-            raise ConfigurationError(f"{here}: notes may go only to the municipal social service")
-        if rule.source != "beneficiary.vulnerabilities" or family == "municipal_social_service":
+        if rule.source == "beneficiary.afm" and not allowed.afm:
+            raise ConfigurationError(f"{here}: the AFM may not go to a {family}")
+        if rule.source == "notes" and not allowed.notes:
+            raise ConfigurationError(f"{here}: free-text notes may not go to a {family}")
+        if rule.source != "beneficiary.vulnerabilities" or allowed.special_categories == "all":
             continue
         if rule.codes is None:
             raise ConfigurationError(
@@ -217,10 +223,16 @@ def check_minimisation(mapping: Mapping, family: str, where: str) -> None:
             )
         special = sorted(SPECIAL_CODES & set(mapping.codes[rule.codes]))
         disability_only = rule.when_programmes == [ProgrammeCode.DISABILITY_ALLOWANCE]
-        if special and not (family == "benefits_agency" and disability_only):
+        if special and not (
+            allowed.special_categories == "disability_allowance_only" and disability_only
+        ):
             raise ConfigurationError(
-                f"{here}: special-category codes {special} may not go to a {family} "
-                "(benefits agency: only in a rule with when_programmes: [DISABILITY_ALLOWANCE])"
+                f"{here}: special-category codes {special} may not go to a {family}"
+                + (
+                    " (only in a rule with when_programmes: [DISABILITY_ALLOWANCE])"
+                    if allowed.special_categories == "disability_allowance_only"
+                    else ""
+                )
             )
 
 

@@ -11,7 +11,7 @@ from calendar import isleap
 from datetime import date
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import holidays
 import yaml
@@ -27,9 +27,9 @@ from pydantic import (
 from hub.errors import ConfigurationError, RoutingError
 from schemas.codes import ProgrammeCode
 
-Family = Literal[
-    "benefits_agency", "employment_service", "social_grocery", "municipal_social_service"
-]
+Family = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,62}$")]
+"""An agency family's name; which families exist is up to the installed plugins
+(``hub/families.py`` checks the registry against them at start-up)."""
 INFORMATION_DUE_WORKING_DAYS = 10  # the right to be informed within 10 working days
 
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.types import ASGIApp
 
 from hub.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from diasyndesi_sdk.sandbox import ServerTls
 
 
 @dataclass
@@ -19,10 +24,11 @@ class RunningServer:
     task: asyncio.Task[None]
     host: str
     port: int
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         self.server.should_exit = True
@@ -33,8 +39,11 @@ class RunningServer:
             await asyncio.wait_for(self.task, timeout_s)
 
 
-async def start_server(app: ASGIApp, host: str, port: int, name: str) -> RunningServer:
-    """Bind first (so port 0 gives a real port and a busy port fails clearly), then serve."""
+async def start_server(
+    app: ASGIApp, host: str, port: int, name: str, tls: ServerTls | None = None
+) -> RunningServer:
+    """Bind first (so port 0 gives a real port and a busy port fails clearly), then serve;
+    over TLS with ``tls`` (a sandbox of a mutual-TLS agency)."""
     # proto must be IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only then;
     # with proto 0 every keep-alive response waited ~40 ms for a delayed ACK (measured).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -49,8 +58,21 @@ async def start_server(app: ASGIApp, host: str, port: int, name: str) -> Running
     sock.listen(1024)
     sock.setblocking(False)
     actual = sock.getsockname()[1]
+    options = {}
+    if tls is not None:
+        options = {
+            "ssl_certfile": str(tls.certfile),
+            "ssl_keyfile": str(tls.keyfile),
+            "ssl_ca_certs": str(tls.ca_certs) if tls.ca_certs else None,
+            "ssl_cert_reqs": ssl.CERT_OPTIONAL if tls.ca_certs else ssl.CERT_NONE,
+        }
     config = uvicorn.Config(
-        app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=3
+        app,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=3,
+        **options,  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
     # The process owner (``diasyndesi up``/``serve``) handles signals for all servers at once.
@@ -61,4 +83,4 @@ async def start_server(app: ASGIApp, host: str, port: int, name: str) -> Running
             task.result()
             raise ConfigurationError(f"{name}: server stopped during start")
         await asyncio.sleep(0.01)
-    return RunningServer(server, task, host, actual)
+    return RunningServer(server, task, host, actual, "https" if tls is not None else "http")

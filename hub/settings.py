@@ -164,11 +164,21 @@ class Settings(BaseSettings):
     )
 
     sandbox_host: str = "127.0.0.1"
-    sandbox_benefits_port: int = Field(default=8101, ge=0, le=65535)
-    sandbox_employment_port: int = Field(default=8102, ge=0, le=65535)
-    sandbox_grocery_port: int = Field(default=8103, ge=0, le=65535)
-    sandbox_municipal_port: int = Field(default=8104, ge=0, le=65535)
-    sandbox_grocery_capacity: int = Field(default=50, ge=0)
+    sandbox_port_base: int = Field(
+        default=8101,
+        ge=0,
+        le=65000,
+        description="the sandbox of the n-th family (in the order the registry first names "
+        "each family) listens on this port + n; 0: free ports",
+    )
+    sandbox_ports: dict[str, int] = Field(
+        default_factory=dict,
+        description="per family, e.g. SANDBOX_PORTS__SOCIAL_GROCERY=9103 (0: a free port)",
+    )
+    sandbox_options: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="knobs of one family's sandbox, e.g. SANDBOX_OPTIONS__SOCIAL_GROCERY__CAPACITY",
+    )
     sandbox_decision_delay_s: float = Field(default=2.0, ge=0)
 
     agencies: dict[str, AgencyConnection] = Field(

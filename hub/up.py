@@ -6,7 +6,7 @@ The same processes production runs, on embedded defaults, each its own child of 
         ├─ serve      API (API_PORT, 8000), relay, projector; SQLite under VAR_DIR
         ├─ worker-1   the connectors (UP_WORKERS processes share the agencies out), each
         │             with /metrics, /healthz, /readyz on a port of its own
-        └─ sandbox    the simulated agencies (SANDBOX_*_PORT, 8101-8104)
+        └─ sandbox    the simulated agencies, one server per family (SANDBOX_PORT_BASE, 8101…)
 
 ``up`` first prepares what the children share (the database schema and the development
 credentials in ``VAR_DIR/dev-credentials.json``), then generates what the split walkthrough
@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import signal
 import sys
 import time
@@ -30,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from diasyndesi_sdk.webhooks import new_secret
 from hub.broker import broker_command, free_port, port_open
 from hub.logs import get_logger
 from hub.process_tree import ChildSpec, Probe, ProcessTree
@@ -39,14 +37,6 @@ from hub.settings import Settings
 log = get_logger(__name__)
 
 READY_TIMEOUT_S = 90.0
-SANDBOX_AGENCIES = (
-    "opeka",
-    "dypa",
-    "kozani-social-grocery",
-    "kozani-social-service",
-    "karpenisi-social-service",
-)
-"""The agencies ``diasyndesi sandbox`` simulates (hub/sandboxes.py), in its URL layout below."""
 
 
 async def http_status(host: str, port: int, path: str, timeout_s: float = 2.0) -> int:
@@ -114,12 +104,10 @@ class Plan:
 
 def plan(settings: Settings, agencies: list[str]) -> Plan:
     """Resolve ports (0 = a free one now) and build the children's shared environment."""
-    ports = {
-        "benefits": settings.sandbox_benefits_port or free_port(),
-        "employment": settings.sandbox_employment_port or free_port(),
-        "grocery": settings.sandbox_grocery_port or free_port(),
-        "municipal": settings.sandbox_municipal_port or free_port(),
-    }
+    from hub.sandboxes import agency_env, port_env, sandbox_families, sandbox_port
+
+    families = sandbox_families(settings)
+    ports = {family.name: sandbox_port(settings, family) or free_port() for family in families}
     broker = settings.embedded_broker_port or free_port()
     api = settings.api_port or free_port(settings.api_host)
     count = min(settings.up_workers, len(agencies)) or 1
@@ -135,45 +123,16 @@ def plan(settings: Settings, agencies: list[str]) -> Plan:
         VAR_DIR=str(settings.var_dir.resolve()),
         KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{broker}",
         API_PORT=str(api),
-        SANDBOX_BENEFITS_PORT=str(ports["benefits"]),
-        SANDBOX_EMPLOYMENT_PORT=str(ports["employment"]),
-        SANDBOX_GROCERY_PORT=str(ports["grocery"]),
-        SANDBOX_MUNICIPAL_PORT=str(ports["municipal"]),
         PYTHONUNBUFFERED="1",
+        **port_env(ports),
     )
     if "session_timeout_ms" not in settings.consumer.model_fields_set:
         # Tansu finishes a group join after half the session timeout: keep it short here.
         env.update(CONSUMER__SESSION_TIMEOUT_MS="6000", CONSUMER__HEARTBEAT_INTERVAL_MS="1000")
     if "status_poll_s" not in settings.model_fields_set:
         env["STATUS_POLL_S"] = "2"  # the sandboxes are local
-    env.update(agency_env(settings, ports))
+    env.update(agency_env(settings, families, ports))
     return Plan(settings, broker, api, ports, workers, env)
-
-
-def agency_env(settings: Settings, ports: dict[str, int]) -> dict[str, str]:
-    """``AGENCIES__<ID>__*`` for the sandbox agencies: one fresh secret each, shared by the
-    sandbox (which checks it) and the workers (which present it); the URLs of the sandbox.
-    A field the operator set (e.g. a fault proxy's URL) is left as set."""
-    host = settings.sandbox_host
-    urls = {
-        "opeka": f"http://{host}:{ports['benefits']}/soap",
-        "dypa": f"http://{host}:{ports['employment']}",
-        "kozani-social-grocery": f"http://{host}:{ports['grocery']}",
-    }
-    env = {}
-    for agency in SANDBOX_AGENCIES:
-        municipal = agency.endswith("-social-service")
-        url = urls.get(agency) or f"http://{host}:{ports['municipal']}/{agency}"
-        chosen = settings.agencies.get(agency)
-        given = chosen.model_fields_set if chosen is not None else set()
-        key = f"AGENCIES__{agency.upper().replace('-', '_')}"
-        if "secret" not in given:
-            env[f"{key}__SECRET"] = new_secret() if municipal else secrets.token_urlsafe(24)
-        if "base_url" not in given:
-            env[f"{key}__BASE_URL"] = url
-        if "username" not in given and agency in ("opeka", "dypa"):
-            env[f"{key}__USERNAME"] = "diasyndesi"
-    return env
 
 
 async def prepare(settings: Settings) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from connectors.benefits_agency.connector import BenefitsAgencyConnector
-from connectors.sandboxes.benefits_agency import BenefitsSandboxConfig, create_app
+from connectors.benefits_agency.sandbox.app import BenefitsSandboxConfig, create_app
 from diasyndesi_sdk.connector import Connector
 from hub.errors import PermanentError
 from hub.mapping import load_mapping

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from connectors.employment_service.connector import EmploymentServiceConnector
-from connectors.sandboxes.employment_service import EmploymentSandboxConfig, create_app
+from connectors.employment_service.sandbox.app import EmploymentSandboxConfig, create_app
 from diasyndesi_sdk.connector import Connector
 from hub.mapping import load_mapping
 from hub.samples import sample_referral

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from connectors.municipal_social_service.connector import MunicipalSocialServiceConnector
-from connectors.sandboxes.municipal_social_service import MunicipalSandboxConfig, create_app
+from connectors.municipal_social_service.sandbox.app import MunicipalSandboxConfig, create_app
 from diasyndesi_sdk.connector import Connector
 from diasyndesi_sdk.webhooks import new_secret
 from hub.servers import start_server

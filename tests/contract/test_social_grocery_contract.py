@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from connectors.sandboxes.social_grocery import SocialGrocerySandboxConfig, create_app
 from connectors.social_grocery.connector import SocialGroceryConnector
+from connectors.social_grocery.sandbox.app import SocialGrocerySandboxConfig, create_app
 from diasyndesi_sdk.connector import Connector
 from hub.servers import start_server
 from hub.settings import AgencyConnection

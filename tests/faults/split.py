@@ -158,12 +158,12 @@ class SplitHub:
             CONSUMER__HEARTBEAT_INTERVAL_MS="1000",
             STATUS_POLL_S="2",
             OBSERVABILITY_PORT="0",  # several workers on one machine: each its own free port
-            SANDBOX_BENEFITS_PORT=str(self.ports.benefits),
-            SANDBOX_EMPLOYMENT_PORT=str(self.ports.employment),
-            SANDBOX_GROCERY_PORT=str(self.ports.grocery),
-            SANDBOX_MUNICIPAL_PORT=str(self.ports.municipal),
+            SANDBOX_PORTS__BENEFITS_AGENCY=str(self.ports.benefits),
+            SANDBOX_PORTS__EMPLOYMENT_SERVICE=str(self.ports.employment),
+            SANDBOX_PORTS__SOCIAL_GROCERY=str(self.ports.grocery),
+            SANDBOX_PORTS__MUNICIPAL_SOCIAL_SERVICE=str(self.ports.municipal),
             SANDBOX_DECISION_DELAY_S="0.5",
-            SANDBOX_GROCERY_CAPACITY="100000",
+            SANDBOX_OPTIONS__SOCIAL_GROCERY__CAPACITY="100000",
             LOG_LEVEL="WARNING",
             PYTHONUNBUFFERED="1",
         )

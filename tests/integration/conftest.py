@@ -25,10 +25,7 @@ def make_settings(var_dir: Path) -> Settings:
         var_dir=var_dir,
         database_url=fresh_database_url(var_dir),
         api_port=free_port(),
-        sandbox_benefits_port=free_port(),
-        sandbox_employment_port=free_port(),
-        sandbox_grocery_port=free_port(),
-        sandbox_municipal_port=free_port(),
+        sandbox_port_base=0,  # every family's sandbox on a free port
         embedded_broker_port=free_port(),
         sandbox_decision_delay_s=0.3,
         status_poll_s=0.5,
@@ -65,8 +62,12 @@ class Stack:
     def sandbox_url(self, agency: str = "dypa") -> str:
         """Where an agency's ``/_sandbox/*`` routes are (municipalities share one server)."""
         assert self.embedded.sandboxes is not None
-        server = self.embedded.sandboxes.servers.get(agency)
-        return server.url if server else self.embedded.sandboxes.connections[agency].base_url
+        sandboxes = self.embedded.sandboxes
+        base_url = sandboxes.connections[agency].base_url
+        for server in sandboxes.servers.values():  # the root of a single-agency server
+            if base_url.startswith(server.url) and not base_url.endswith(f"/{agency}"):
+                return server.url
+        return base_url  # municipalities: under their own prefix
 
     def token(self, kind: str = "centres", who: str = "KK-KOZANI") -> str:
         return self.embedded.credentials[kind][who]

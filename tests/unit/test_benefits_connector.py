@@ -16,7 +16,7 @@ import pytest
 from fastapi import FastAPI
 
 from connectors.benefits_agency.connector import BenefitsAgencyConnector
-from connectors.sandboxes.benefits_agency import BenefitsSandboxConfig, create_app
+from connectors.benefits_agency.sandbox.app import BenefitsSandboxConfig, create_app
 from diasyndesi_sdk.connector import Delivery, idempotency_key
 from hub.broker import free_port
 from hub.errors import DeliveryError, PermanentError, RetryableError

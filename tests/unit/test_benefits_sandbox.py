@@ -17,7 +17,7 @@ import zeep.exceptions
 from fastapi import FastAPI
 from zeep.wsse.username import UsernameToken
 
-from connectors.sandboxes.benefits_agency import WSDL, BenefitsSandboxConfig, create_app
+from connectors.benefits_agency.sandbox.app import WSDL, BenefitsSandboxConfig, create_app
 from hub.samples import make_amka
 from hub.servers import RunningServer, start_server
 

@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from connectors.employment_service.connector import EmploymentServiceConnector
-from connectors.sandboxes.employment_service import EmploymentSandboxConfig, create_app
+from connectors.employment_service.sandbox.app import EmploymentSandboxConfig, create_app
 from diasyndesi_sdk.connector import Delivery, Receipt, idempotency_key
 from hub.broker import free_port
 from hub.errors import PermanentError, RetryableError

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from connectors.sandboxes.common import StatusPusher
-from connectors.sandboxes.employment_service import EmploymentSandboxConfig, create_app
+from connectors.employment_service.sandbox.app import EmploymentSandboxConfig, create_app
+from diasyndesi_sandbox.common import StatusPusher
 from tests.fake_hub import FakeHub
 
 SECRET = "s3cret-for-tests"

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from fastapi import FastAPI
 
-from connectors.sandboxes.social_grocery import SocialGrocerySandboxConfig, create_app
 from connectors.social_grocery.connector import SocialGroceryConnector
+from connectors.social_grocery.sandbox.app import SocialGrocerySandboxConfig, create_app
 from diasyndesi_sdk.connector import Delivery, Receipt, idempotency_key
 from hub.broker import free_port
 from hub.errors import ConfigurationError, PermanentError, RetryableError

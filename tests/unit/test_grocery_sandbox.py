@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from connectors.sandboxes.social_grocery import SocialGrocerySandboxConfig, create_app
+from connectors.social_grocery.sandbox.app import SocialGrocerySandboxConfig, create_app
 from tests.fake_hub import FakeHub
 
 API_KEY = "grocery-key-for-tests"

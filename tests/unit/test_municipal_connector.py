@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from connectors.municipal_social_service.connector import MunicipalSocialServiceConnector
-from connectors.sandboxes.municipal_social_service import MunicipalSandboxConfig, create_app
+from connectors.municipal_social_service.sandbox.app import MunicipalSandboxConfig, create_app
 from diasyndesi_sdk.connector import Delivery, Receipt, idempotency_key
 from diasyndesi_sdk.webhooks import new_secret
 from hub.broker import free_port

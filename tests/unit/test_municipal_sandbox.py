@@ -17,12 +17,12 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook
 
-from connectors.sandboxes.common import StatusPusher
-from connectors.sandboxes.municipal_social_service import (
+from connectors.municipal_social_service.sandbox.app import (
     MunicipalSandboxConfig,
     create_app,
     push_headers,
 )
+from diasyndesi_sandbox.common import StatusPusher
 from diasyndesi_sdk.webhooks import new_secret, sign, verify
 from tests.fake_hub import FakeHub as _RecordingHub
 

@@ -15,7 +15,8 @@ from pydantic import SecretStr
 
 from hub.process_tree import ChildSpec, ProcessTree
 from hub.settings import AgencyConnection, Settings
-from hub.up import agency_env, plan
+from hub.sandboxes import agency_env, sandbox_families, sandbox_port
+from hub.up import plan
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -83,8 +84,16 @@ def test_up_generates_shared_agency_settings_but_keeps_what_the_operator_set(
             "opeka": AgencyConnection(secret=SecretStr("given-secret")),
         },
     )
-    ports = {"benefits": 8201, "employment": 8202, "grocery": 8203, "municipal": 8204}
-    env = agency_env(settings, ports)
+    families = sandbox_families(settings)
+    assert [f.name for f in families] == [  # the registry's order fixes the default ports
+        "benefits_agency",
+        "employment_service",
+        "social_grocery",
+        "municipal_social_service",
+    ]
+    assert [sandbox_port(settings, f) for f in families] == [8101, 8102, 8103, 8104]
+    ports = dict(zip([f.name for f in families], [8201, 8202, 8203, 8204], strict=True))
+    env = agency_env(settings, families, ports)
     assert "AGENCIES__DYPA__BASE_URL" not in env  # the operator's stays
     assert env["AGENCIES__DYPA__SECRET"]  # generated: passed to the sandbox and the worker alike
     assert "AGENCIES__OPEKA__SECRET" not in env
@@ -95,6 +104,7 @@ def test_up_generates_shared_agency_settings_but_keeps_what_the_operator_set(
         "http://127.0.0.1:8204/karpenisi-social-service"
     )
     whole = plan(settings, ["opeka", "dypa", "kozani-social-grocery"])
+    assert whole.env["SANDBOX_PORTS__SOCIAL_GROCERY"] == "8103"
     assert whole.env["KAFKA_BOOTSTRAP_SERVERS"] == f"127.0.0.1:{settings.embedded_broker_port}"
     assert whole.env["CONSUMER__SESSION_TIMEOUT_MS"] == "6000"
     assert [agencies for _, _, agencies in whole.workers] == [

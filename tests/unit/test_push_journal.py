@@ -7,7 +7,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from connectors.sandboxes.common import PushJournal, StatusPusher
+from diasyndesi_sandbox.common import PushJournal, StatusPusher
 from tests.fake_hub import FakeHub
 
 

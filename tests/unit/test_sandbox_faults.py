@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.sandboxes import common
-from connectors.sandboxes.common import FaultKnobs, Faults, apply_faults
+from diasyndesi_sandbox import common
+from diasyndesi_sandbox.common import FaultKnobs, Faults, apply_faults
 
 
 class Clock:

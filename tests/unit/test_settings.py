@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.sandboxes.common import FaultKnobs
+from diasyndesi_sandbox.common import FaultKnobs
 from hub.runtime import _merge_connections
 from hub.settings import AgencyConnection, Settings
 

@@ -24,7 +24,7 @@ from lxml import etree
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from stdnum.gr import amka
 
-from connectors.sandboxes.common import (
+from diasyndesi_sandbox.common import (
     Faults,
     IdempotencyKeyReused,
     ReceivedRecord,

@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from connectors.sandboxes.common import (
+from diasyndesi_sandbox.common import (
     IdempotencyKeyReused,
     apply_faults,
     sandbox_app,
