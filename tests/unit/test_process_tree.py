@@ -14,8 +14,8 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from hub.process_tree import ChildSpec, ProcessTree
-from hub.settings import AgencyConnection, Settings
 from hub.sandboxes import agency_env, sandbox_families, sandbox_port
+from hub.settings import AgencyConnection, Settings
 from hub.up import plan
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
