@@ -88,6 +88,11 @@ class Sandbox(ABC):
     def create_app(self, context: SandboxContext) -> Any:
         """The ASGI app serving every agency of ``context``."""
 
+    def admin_url(self, agency: str, url: str) -> str:
+        """Where ``agency``'s ``/_sandbox/*`` routes (received, stats, faults) are on the
+        sandbox at ``url``: its root, unless the sandbox hosts agencies under prefixes."""
+        return url
+
     def server_tls(self, state_dir: Path) -> ServerTls | None:
         """TLS for the sandbox server (None: plain HTTP on loopback)."""
         return None

@@ -7,74 +7,27 @@ also proves that what the hub maps is a valid request for the vendored WSDL.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any
 
 import pytest
 
-from connectors.benefits_agency.connector import BenefitsAgencyConnector
-from connectors.benefits_agency.sandbox.app import BenefitsSandboxConfig, create_app
 from diasyndesi_sdk.connector import Connector
 from hub.errors import PermanentError
-from hub.mapping import load_mapping
-from hub.samples import sample_referral
-from hub.servers import start_server
-from hub.settings import AgencyConnection, packaged_dir
-from schemas.referral import Referral
 from tests.contract.base import ConnectorContract, Harness
-
-MAPPINGS = packaged_dir("mappings")
-USERNAME = "diasyndesi"
-PASSWORD = "opeka-contract-pw-1"
-MAPPING = load_mapping(MAPPINGS / "opeka.yaml", "opeka", "benefits_agency")
-
-
-class BenefitsHarness(Harness):
-    agency = "opeka"
-
-    def connection(self, **overrides: Any) -> AgencyConnection:
-        settings: dict[str, Any] = {
-            "base_url": f"{self.server.url}/soap",
-            "username": USERNAME,
-            "secret": PASSWORD,
-            "timeout_s": 5.0,
-        }
-        return AgencyConnection.model_validate({**settings, **overrides})
-
-    def build(self, connection: AgencyConnection) -> Connector:
-        return BenefitsAgencyConnector(self.agency, connection)
-
-    def payload(self, referral_id: str) -> dict[str, Any]:
-        body = sample_referral(seed=11, programmes=["GMI", "DISABILITY_ALLOWANCE"])
-        body["beneficiary"]["vulnerabilities"] = ["low_income", "disability", "roma"]
-        referral = Referral.model_validate(
-            {
-                **body,
-                "id": referral_id,
-                "created_at": "2026-11-20T09:30:00+00:00",
-                "municipality": "kozani",
-                "routed": [self.agency],
-            }
-        )
-        return MAPPING.apply(referral.model_dump(mode="json"))
 
 
 class TestBenefitsAgencyContract(ConnectorContract):
-    @pytest.fixture
-    async def harness(self) -> AsyncIterator[Harness]:
-        config = BenefitsSandboxConfig(username=USERNAME, password=PASSWORD, decision_delay_s=0)
-        harness = BenefitsHarness()
-        harness.server = await start_server(create_app(config), "127.0.0.1", 0, "opeka-contract")
-        yield harness
-        await harness.server.stop()
+    family = "benefits_agency"
 
     async def test_the_mapped_payload_is_accepted_as_sent(
         self, harness: Harness, connector: Connector
     ) -> None:
-        delivery = harness.delivery()
+        delivery = harness.delivery(
+            programmes=["GMI", "DISABILITY_ALLOWANCE"],
+            vulnerabilities=["low_income", "disability", "roma"],
+        )
         await connector.deliver(delivery)
-        [record] = await harness.sandbox("GET", "received")
+        [record] = await harness.call_sandbox("GET", "received")
         aitoun = record["payload"]["aitoun"]
         assert record["payload"]["hubReferralId"] == delivery.referral_id
         assert record["idempotency_key"] == delivery.idempotency_key
@@ -93,7 +46,7 @@ class TestBenefitsAgencyContract(ConnectorContract):
         with pytest.raises(PermanentError) as caught:
             await connector.deliver(replace(delivery, payload=bad))
         assert caught.value.error_class == "invalid_payload"
-        assert (await harness.sandbox("GET", "stats"))["received"] == 0
+        assert (await harness.call_sandbox("GET", "stats"))["received"] == 0
 
     async def test_a_soap_sender_fault_is_permanent(
         self, harness: Harness, connector: Connector
@@ -107,4 +60,4 @@ class TestBenefitsAgencyContract(ConnectorContract):
                 replace(delivery, payload={**delivery.payload, "aitoun": aitoun})
             )
         assert caught.value.error_class == "soap_client_fault"
-        assert (await harness.sandbox("GET", "stats"))["accepted"] == 0
+        assert (await harness.call_sandbox("GET", "stats"))["accepted"] == 0

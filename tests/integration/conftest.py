@@ -15,6 +15,8 @@ import pytest
 
 from diasyndesi_sdk.connector import KEEPALIVE_S
 from hub.broker import free_port
+from hub.families import family_spec
+from hub.registry import Registry
 from hub.runtime import Embedded, Hub
 from hub.settings import ConsumerSettings, RetrySettings, Settings
 from tests.databases import fresh_database_url
@@ -62,12 +64,9 @@ class Stack:
     def sandbox_url(self, agency: str = "dypa") -> str:
         """Where an agency's ``/_sandbox/*`` routes are (municipalities share one server)."""
         assert self.embedded.sandboxes is not None
-        sandboxes = self.embedded.sandboxes
-        base_url = sandboxes.connections[agency].base_url
-        for server in sandboxes.servers.values():  # the root of a single-agency server
-            if base_url.startswith(server.url) and not base_url.endswith(f"/{agency}"):
-                return server.url
-        return base_url  # municipalities: under their own prefix
+        family = Registry.load(self.embedded.settings.registry_dir).agencies[agency].family
+        server = self.embedded.sandboxes.servers[family]
+        return family_spec(family).load_sandbox().admin_url(agency, server.url)
 
     def token(self, kind: str = "centres", who: str = "KK-KOZANI") -> str:
         return self.embedded.credentials[kind][who]

@@ -25,6 +25,9 @@ class MunicipalSandbox(Sandbox):
     def connection(self, agency: str, url: str, state_dir: Path) -> dict[str, str]:
         return {"base_url": f"{url}/{agency}"}
 
+    def admin_url(self, agency: str, url: str) -> str:
+        return f"{url}/{agency}"
+
     def create_app(self, context: SandboxContext) -> Any:
         from connectors.municipal_social_service.sandbox.app import (
             MunicipalSandboxConfig,
