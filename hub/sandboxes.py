@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from diasyndesi_sdk.family import FamilySpec
 from diasyndesi_sdk.sandbox import Sandbox, SandboxAgency, SandboxContext
+from hub.errors import ConfigurationError
 from hub.families import installed_families
 from hub.registry import Registry
 from hub.settings import AgencyConnection, Settings
@@ -54,9 +55,22 @@ def sandbox_families(settings: Settings, registry: Registry | None = None) -> li
         if agency.active and spec is not None and spec.sandbox is not None:
             by_family.setdefault(agency.family, []).append(agency.id)
     return [
-        SandboxFamily(families[name], families[name].load_sandbox(), tuple(agencies), index)
+        SandboxFamily(families[name], _load_sandbox(families[name]), tuple(agencies), index)
         for index, (name, agencies) in enumerate(by_family.items())
     ]
+
+
+def _load_sandbox(spec: FamilySpec) -> Sandbox:
+    try:
+        return spec.load_sandbox()
+    except ConfigurationError as exc:
+        if "cannot import" not in str(exc):
+            raise
+        raise ConfigurationError(
+            f"the sandbox agencies are development tools, not part of this installation "
+            f"(family {spec.name}); run them from a checkout: `make run` or "
+            "`.venv/bin/diasyndesi sandbox`"
+        ) from None
 
 
 def sandbox_port(settings: Settings, family: SandboxFamily) -> int:

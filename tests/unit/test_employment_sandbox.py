@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI
 
 from connectors.employment_service.sandbox.app import EmploymentSandboxConfig, create_app
-from diasyndesi_sandbox.common import StatusPusher
+from connectors.sandbox_kit import StatusPusher
 from tests.fake_hub import FakeHub
 
 SECRET = "s3cret-for-tests"

@@ -22,7 +22,7 @@ from connectors.municipal_social_service.sandbox.app import (
     create_app,
     push_headers,
 )
-from diasyndesi_sandbox.common import StatusPusher
+from connectors.sandbox_kit import StatusPusher
 from diasyndesi_sdk.webhooks import new_secret, sign, verify
 from tests.fake_hub import FakeHub as _RecordingHub
 

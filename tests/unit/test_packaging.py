@@ -1,6 +1,7 @@
 """The wheel is the product: build it, install it into a fresh virtual environment, and run
-``serve``, ``sandbox`` and ``worker opeka`` from an empty folder outside the checkout until a
-referral is delivered over SOAP (docs/decisions/0012).
+``serve`` and ``worker opeka`` from an empty folder outside the checkout until a referral is
+delivered over SOAP to ΟΠΕΚΑ's sandbox (docs/decisions/0012). The sandboxes are not in the
+wheel (decision 0014): the agency runs from the checkout, as an agency is outside the product.
 
 Nothing of the checkout is importable by those processes: the hub's code, registry, mappings
 and WSDL come only from the wheel. Its dependencies come from the development environment
@@ -101,6 +102,10 @@ def test_the_wheel_carries_the_data_the_hub_reads(installed: tuple[Path, Path]) 
     assert "connectors/benefits_agency/wsdl/opeka.wsdl" in names
     assert "schemas/json/referral-request.schema.json" in names
     assert not any(name.startswith(("tests/", "benchmarks/", "deploy/")) for name in names)
+    # the simulated agencies are development tools, not the product
+    assert not [name for name in names if "/sandbox/" in name or "sandbox_kit" in name]
+    assert "connectors/benefits_agency/connector.py" in names
+    assert "diasyndesi_sdk/classify.py" in names
 
 
 def test_the_installed_hub_reads_its_packaged_data(
@@ -131,11 +136,33 @@ def test_the_installed_hub_reads_its_packaged_data(
     assert var_dir == str(tmp_path / "var")
 
 
+def test_the_installed_hub_says_the_sandboxes_are_not_in_it(
+    installed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, venv = installed
+    run = subprocess.run(  # noqa: S603
+        [str(venv / "bin" / "diasyndesi"), "sandbox"],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert "development tools, not part of this installation" in run.stdout + run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+
+
 def _clean_env(**extra: str) -> dict[str, str]:
     """Only what a shell would have: nothing of the developer's hub settings leaks in."""
     env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
     env.update(PYTHONUNBUFFERED="1", **extra)
     return env
+
+
+CHECKOUT_BIN = Path(sys.executable).parent
+"""The development environment's scripts: the sandbox agencies run from here (they stand
+for agencies outside the product and are not in the wheel)."""
 
 
 class Process:
@@ -193,7 +220,7 @@ def _until(check: Any, what: str, timeout_s: float = READY_S) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_serve_worker_and_sandbox_from_the_wheel_deliver_a_referral(
+def test_serve_and_worker_from_the_wheel_deliver_a_referral(
     installed: tuple[Path, Path], tmp_path: Path
 ) -> None:
     _, venv = installed
@@ -227,7 +254,8 @@ def test_serve_worker_and_sandbox_from_the_wheel_deliver_a_referral(
         # the worker first: on a fresh folder it must not depend on serve having made ./var
         processes.append(worker := Process(venv, work, env, "worker", "opeka"))
         processes.append(serve := Process(venv, work, env, "serve"))
-        processes.append(sandbox := Process(venv, work, env, "sandbox"))
+        # the agency: from the checkout (the product's wheel has no sandboxes)
+        processes.append(sandbox := Process(CHECKOUT_BIN.parent, work, env, "sandbox"))
         serve.wait_for("Diasyndesi API ready")
         worker.wait_for("Diasyndesi worker ready: opeka")  # its zeep client read the WSDL
         sandbox.wait_for("sandbox agencies:")

@@ -7,7 +7,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from diasyndesi_sandbox.common import PushJournal, StatusPusher
+from connectors.sandbox_kit import PushJournal, StatusPusher
 from tests.fake_hub import FakeHub
 
 

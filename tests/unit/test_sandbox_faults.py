@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from diasyndesi_sandbox import common
-from diasyndesi_sandbox.common import FaultKnobs, Faults, apply_faults
+from connectors.sandbox_kit import FaultKnobs, Faults, apply_faults
+from connectors.sandbox_kit import faults as fault_knobs
 
 
 class Clock:
@@ -20,7 +20,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(common.time, "monotonic", fake)
+    monkeypatch.setattr(fault_knobs.time, "monotonic", fake)
     return fake
 
 
@@ -88,7 +88,7 @@ async def test_requests_without_a_key_are_answered_but_not_tracked(clock: Clock)
 
 
 async def test_memory_stays_bounded(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(common, "MAX_TRACKED_KEYS", 3)
+    monkeypatch.setattr(fault_knobs, "MAX_TRACKED_KEYS", 3)
     faults = throttling(60)
     for n in range(5):
         await apply_faults(faults, key=f"k{n}")

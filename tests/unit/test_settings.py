@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from diasyndesi_sandbox.common import FaultKnobs
+from connectors.sandbox_kit import FaultKnobs
 from hub.runtime import _merge_connections
 from hub.settings import AgencyConnection, Settings
 

@@ -24,7 +24,7 @@ from lxml import etree
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from stdnum.gr import amka
 
-from diasyndesi_sandbox.common import (
+from connectors.sandbox_kit import (
     Faults,
     IdempotencyKeyReused,
     ReceivedRecord,

@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from diasyndesi_sandbox.common import (
+from connectors.sandbox_kit import (
     IdempotencyKeyReused,
     ReceivedRecord,
     apply_faults,

@@ -1,0 +1,175 @@
+"""What a sandbox agency received, kept across restarts (a JSON-lines journal), and its
+own idempotency: a repeat key answers the first answer, a reused key with another body is
+refused."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+def utc_now() -> datetime:
+    """Timezone-aware now; the hub's contract requires offsets on every timestamp."""
+    return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------- ledger
+
+
+class IdempotencyKeyReused(Exception):
+    """A known idempotency key arrived with a different body (Stripe answers 422 to this)."""
+
+    def __init__(self, idempotency_key: str) -> None:
+        super().__init__("idempotency key reused with a different body")
+        self.idempotency_key = idempotency_key
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedRecord:
+    """One call as the agency saw it; `reference` is the agency's own number for it."""
+
+    idempotency_key: str
+    referral_id: str
+    payload: dict[str, Any]
+    received_at: datetime
+    duplicate: bool
+    reference: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The shape promised by `GET /_sandbox/received` (the README's sandbox contract)."""
+        return {
+            "idempotency_key": self.idempotency_key,
+            "referral_id": self.referral_id,
+            "payload": self.payload,
+            "received_at": self.received_at.isoformat(),
+            "duplicate": self.duplicate,
+        }
+
+    def to_json_line(self) -> str:
+        return json.dumps({**self.public(), "reference": self.reference}, ensure_ascii=False)
+
+    @classmethod
+    def from_json_line(cls, line: str) -> ReceivedRecord:
+        raw = json.loads(line)
+        return cls(
+            idempotency_key=str(raw["idempotency_key"]),
+            referral_id=str(raw["referral_id"]),
+            payload=dict(raw["payload"]),
+            received_at=datetime.fromisoformat(raw["received_at"]),
+            duplicate=bool(raw["duplicate"]),
+            reference=raw.get("reference"),
+        )
+
+
+class SandboxLedger:
+    """What the agency received, with idempotency enforced per key.
+
+    Every call to `record` is appended to the received list (repeats flagged
+    `duplicate=True`), so tests can count duplicates the hub caused. Operations are
+    synchronous and guarded by a lock, so they are atomic on one event loop and safe
+    even from threads. With `state_file`, each entry is appended as a JSON line and
+    replayed on construction: a restarted agency still knows the keys it accepted.
+    """
+
+    def __init__(self, state_file: Path | None = None) -> None:
+        self._state_file = state_file
+        self._lock = threading.Lock()
+        self._entries: list[ReceivedRecord] = []
+        self._by_key: dict[str, ReceivedRecord] = {}
+        self._by_reference: dict[str, ReceivedRecord] = {}
+        if state_file is not None and state_file.exists():
+            self._load(state_file)
+
+    def _load(self, state_file: Path) -> None:
+        skipped = 0
+        with state_file.open(encoding="utf-8") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                try:
+                    self._remember(ReceivedRecord.from_json_line(line))
+                except (ValueError, KeyError, TypeError):
+                    skipped += 1  # a torn last line after a crash; the rest is still good
+        log.info("sandbox_ledger_loaded", entries=len(self._entries), skipped=skipped)
+
+    def _remember(self, rec: ReceivedRecord) -> None:
+        self._entries.append(rec)
+        if not rec.duplicate:
+            self._by_key[rec.idempotency_key] = rec
+            if rec.reference is not None:
+                self._by_reference[rec.reference] = rec
+
+    def _persist(self, rec: ReceivedRecord) -> None:
+        if self._state_file is None:
+            return
+        self._state_file.parent.mkdir(parents=True, exist_ok=True)
+        with self._state_file.open("a", encoding="utf-8") as fh:
+            fh.write(rec.to_json_line() + "\n")
+
+    def record(
+        self,
+        idempotency_key: str,
+        referral_id: str,
+        payload: dict[str, Any],
+        make_reference: Callable[[int], str] | None = None,
+    ) -> tuple[ReceivedRecord, bool]:
+        """Record one call; return the original record and whether this call was new.
+
+        `make_reference(n)` builds the agency's number for the n-th accepted call (1-based)
+        and is only called for new keys. Raises `IdempotencyKeyReused` (recording nothing)
+        when a known key comes with a different payload.
+        """
+        with self._lock:
+            original = self._by_key.get(idempotency_key)
+            if original is not None:
+                if original.payload != payload:
+                    raise IdempotencyKeyReused(idempotency_key)
+                dup = ReceivedRecord(
+                    idempotency_key, original.referral_id, payload, utc_now(), True, None
+                )
+                self._persist(dup)
+                self._remember(dup)
+                return original, False
+            reference = make_reference(len(self._by_key) + 1) if make_reference else None
+            rec = ReceivedRecord(idempotency_key, referral_id, payload, utc_now(), False, reference)
+            self._persist(rec)
+            self._remember(rec)
+            return rec, True
+
+    def get(self, idempotency_key: str) -> ReceivedRecord | None:
+        return self._by_key.get(idempotency_key)
+
+    def by_reference(self, reference: str) -> ReceivedRecord | None:
+        return self._by_reference.get(reference)
+
+    def accepted(self) -> Iterable[ReceivedRecord]:
+        return list(self._by_key.values())
+
+    def received(self) -> list[dict[str, Any]]:
+        return [rec.public() for rec in self._entries]
+
+    def stats(self) -> dict[str, int]:
+        accepted = len(self._by_key)
+        return {
+            "received": len(self._entries),
+            "accepted": accepted,
+            "duplicates": len(self._entries) - accepted,
+        }
+
+    def reset(self) -> None:
+        """Forget everything, on disk too (tests only)."""
+        with self._lock:
+            self._entries.clear()
+            self._by_key.clear()
+            self._by_reference.clear()
+            if self._state_file is not None and self._state_file.exists():
+                self._state_file.write_text("", encoding="utf-8")
