@@ -1,8 +1,7 @@
 """The Lifelong Learning Centre's enrolment API in its own words. It knows the hub by its
-client certificate alone; any certificate problem (ours expired or from a CA it does not
-trust, theirs not trusted by us, a refused handshake, a 401) is permanent, class ``tls``:
-only an operator can fix it, then replays the dead letter. Messages give OpenSSL's reason,
-never a path or the payload."""
+client certificate alone, so a certificate problem (expired, another CA, a refused handshake,
+a 401) is permanent, class ``tls``: only an operator can fix it, then replay the dead letter.
+Messages give OpenSSL's reason, never a path or the payload."""
 
 from __future__ import annotations
 
@@ -28,23 +27,18 @@ class Enrolment:
     duplicate: bool = False
 
 
-def certificate_refusal(exc: BaseException) -> ssl.SSLError | None:
-    """The ssl module's error behind aiohttp's (some of which subclass it), unless the
-    network's."""
-    cause: BaseException | None = exc
-    while isinstance(cause, aiohttp.ClientError) or not isinstance(cause, ssl.SSLError | None):
-        cause = cause.__cause__ or cause.__context__
-    return None if isinstance(cause, CUT_SHORT) else cause
-
-
 @asynccontextmanager
 async def tls_errors(what: str) -> AsyncIterator[None]:
-    """Certificate problems as ``tls``; a bare ssl error (not always wrapped) as ``connection``."""
+    """Certificate problems as ``tls``: the ssl module's error behind aiohttp's (some of which
+    subclass it), unless the connection was only cut short; a bare ssl error as ``connection``."""
     try:
         yield
     except (aiohttp.ClientError, ssl.SSLError) as exc:
-        if (refused := certificate_refusal(exc)) is not None:
-            reason = refused.reason or type(refused).__name__
+        cause: BaseException | None = exc
+        while isinstance(cause, aiohttp.ClientError) or not isinstance(cause, ssl.SSLError | None):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, ssl.SSLError) and not isinstance(cause, CUT_SHORT):
+            reason = cause.reason or type(cause).__name__
             raise PermanentError(f"{what}: TLS refused ({reason})", error_class="tls") from exc
         if isinstance(exc, ssl.SSLError):
             raise RetryableError(f"{what}: {type(exc).__name__}", error_class="connection") from exc

@@ -1,7 +1,5 @@
-"""The lifelong-learning connector: REST/JSON over mutual TLS. The centre deduplicates by
-``Idempotency-Key``, answers ``received`` and pushes its decision later. The certificate
-files come from a ``LifelongLearningConnection`` or, with a plain ``AgencyConnection``,
-from the arguments."""
+"""The lifelong-learning connector: REST/JSON over mutual TLS, deduplicated by the centre
+per ``Idempotency-Key``. Certificate files: a ``LifelongLearningConnection``'s, or given."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
-"""Sandbox of the Kozani Lifelong Learning Centre (ΚΔΒΜ Δήμου Κοζάνης); a subpackage, so the
-production wheel can leave it out. Served by ``serve_tls``, its agency API answers 401 on a
-connection without a verified client certificate; ``/_sandbox/*`` answers anyone. Like the
-grocery, it keeps its own idempotency (repeat key: 200 and the first answer; the key with
-another body: 422), decides at intake from the sequence number (every ``reject_every``-th
-rejected, beyond ``capacity`` waitlisted) and pushes ``received``, then the decision."""
+"""Sandbox of the Kozani Lifelong Learning Centre (ΚΔΒΜ), a subpackage the production wheel
+can leave out. Served by ``serve_tls``: the agency API answers 401 without a verified client
+certificate, ``/_sandbox/*`` answers anyone. Like the grocery: its own idempotency, a decision
+fixed at intake by the sequence number, ``received`` then the decision pushed to the hub."""
 
 from __future__ import annotations
 
@@ -30,8 +28,8 @@ class LifelongLearningSandboxConfig(BaseModel):
     hub_url: str | None = None
     hub_token: SecretStr | None = None
     agency_id: str = "kozani-lifelong-learning"
-    capacity: int = Field(default=50, ge=0)
-    reject_every: int = Field(default=10, ge=0, description="0: none")
+    capacity: int = Field(default=50, ge=0, description="places; after them, waitlisted")
+    reject_every: int = Field(default=10, ge=0, description="every n-th rejected; 0: none")
     decision_delay_s: float = Field(default=2.0, ge=0.0)
     state_file: Path | None = None
 
@@ -40,28 +38,21 @@ def _error(status_code: int, error: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": error, **extra}, status_code=status_code)
 
 
-def _invalid(body: Any) -> list[str]:
+def _invalid(body: dict[str, Any]) -> list[str]:
     """Names of the wrong fields, never their values."""
-    if not isinstance(body, dict):
-        return [""]
-    courses = body.get("courses")
-    known = isinstance(courses, list) and all(isinstance(c, str) and c in COURSES for c in courses)
-    checks = {"hub_referral_id": body.get("hub_referral_id"), "courses": known and courses}
-    return [
-        field for field, value in checks.items() if not value or not isinstance(value, str | list)
-    ]
+    referral, courses = body.get("hub_referral_id"), body.get("courses")
+    wrong = [] if isinstance(referral, str) and referral else ["hub_referral_id"]
+    if not isinstance(courses, list) or not courses or not set(map(str, courses)) <= COURSES:
+        wrong.append("courses")
+    return wrong
 
 
 def create_app(config: LifelongLearningSandboxConfig) -> FastAPI:
     """Build the sandbox; ``app.state`` exposes ledger, faults and pusher to tests."""
     token = config.hub_token.get_secret_value() if config.hub_token else None
-    title = "Kozani Lifelong Learning Centre sandbox"
+    title, state_file = "Kozani Lifelong Learning Centre sandbox", config.state_file
     parts = sandbox_app(
-        title,
-        config.agency_id,
-        hub_url=config.hub_url,
-        hub_token=token,
-        state_file=config.state_file,
+        title, config.agency_id, hub_url=config.hub_url, hub_token=token, state_file=state_file
     )
     app, ledger, faults, pusher = parts.app, parts.ledger, parts.faults, parts.pusher
     cancelled: set[str] = set()  # in memory only
@@ -93,11 +84,11 @@ def create_app(config: LifelongLearningSandboxConfig) -> FastAPI:
             body = json.loads(raw)
         except ValueError:
             return _error(400, "invalid_json")
-        if fields := _invalid(body):
+        if fields := _invalid(body) if isinstance(body, dict) else [""]:
             return _error(422, "validation_failed", errors=[{"field": f} for f in fields])
         try:
-            number = lambda n: f"KDBM-KOZ-{n:06d}"  # noqa: E731
-            rec, is_new = ledger.record(key, body["hub_referral_id"], body, number)
+            numbered = lambda n: f"KDBM-KOZ-{n:06d}"  # noqa: E731
+            rec, is_new = ledger.record(key, body["hub_referral_id"], body, numbered)
         except IdempotencyKeyReused:
             return _error(422, "idempotency_key_reused")
         reference = str(rec.reference)
@@ -117,15 +108,15 @@ def create_app(config: LifelongLearningSandboxConfig) -> FastAPI:
 
     @app.post("/v1/enrolments/{enrolment_id}/cancel")
     async def cancel(enrolment_id: str, request: Request) -> Response:
-        """Withdraw; reported no sooner than a decision still owed, so the hub ends on it."""
+        """Pushed after any decision still owed, so the hub ends on ``withdrawn``."""
         if (refused := await refusal(request)) is not None:
             return refused
         if (rec := ledger.by_reference(enrolment_id)) is None:
             return _error(404, "not_found")
         if enrolment_id not in cancelled:
             cancelled.add(enrolment_id)
-            delay = config.decision_delay_s + 0.1
-            pusher.schedule(rec.referral_id, enrolment_id, [(delay, "withdrawn")])
+            steps = [(config.decision_delay_s + 0.1, "withdrawn")]
+            pusher.schedule(rec.referral_id, enrolment_id, steps)
         return JSONResponse({"enrolment_id": enrolment_id, "status": "withdrawn"})
 
     return app
