@@ -38,7 +38,7 @@ async def tls_errors(what: str) -> AsyncIterator[None]:
         while isinstance(cause, aiohttp.ClientError) or not isinstance(cause, ssl.SSLError | None):
             cause = cause.__cause__ or cause.__context__
         if isinstance(cause, ssl.SSLError) and not isinstance(cause, CUT_SHORT):
-            reason = cause.reason or type(cause).__name__
+            reason = getattr(cause, "reason", None) or type(cause).__name__
             raise PermanentError(f"{what}: TLS refused ({reason})", error_class="tls") from exc
         if isinstance(exc, ssl.SSLError):
             raise RetryableError(f"{what}: {type(exc).__name__}", error_class="connection") from exc

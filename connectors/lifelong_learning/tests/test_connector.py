@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import pytest
 import trustme
+from aiohttp import web
 
+from connectors.http import transport_errors
 from connectors.lifelong_learning.client import LifelongLearningClient, tls_errors
 from connectors.lifelong_learning.dev_certs import DevCerts, write_pair
 from hub.errors import PermanentError, RetryableError
@@ -114,16 +116,47 @@ async def test_centre_certificate_we_do_not_trust_is_tls(
 
 
 @pytest.mark.parametrize(
-    "cut", [ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), ConnectionResetError()]
+    ("cause", "wrapped"),
+    [
+        (ConnectionResetError(104, "Connection reset by peer"), True),
+        (ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), True),
+        (ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), False),
+    ],
+    ids=["reset", "eof", "bare-eof"],
 )
 async def test_a_connection_cut_short_is_the_network_not_the_certificate(
-    cut: OSError,
+    cause: OSError, wrapped: bool
 ) -> None:
-    """A reset tells nothing about certificates; only a TLS alert or 401 does."""
-    with pytest.raises(Exception) as caught:
-        async with tls_errors("enrol"):
-            raise aiohttp.ClientOSError() from cut
-    assert not isinstance(caught.value, PermanentError)
+    """A reset or an EOF tells nothing about certificates; only an alert or a 401 does."""
+    with pytest.raises(RetryableError) as caught:
+        async with transport_errors("enrol"), tls_errors("enrol"):
+            if wrapped:
+                raise aiohttp.ClientOSError() from cause
+            raise cause
+    assert caught.value.error_class == "connection"
+
+
+async def test_answer_without_an_enrolment_id_is_malformed(certs: DevCerts) -> None:
+    async def answer(_: web.Request) -> web.Response:
+        return web.json_response({"status": "accepted"}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/v1/enrolments", answer)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(*certs.server)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls).start()
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            client_tls = ssl.create_default_context(cafile=certs.ca_file)
+            client = LifelongLearningClient(url, client_tls, 5, session)
+            with pytest.raises(RetryableError) as caught:
+                await client.enrol(delivery().payload, delivery().idempotency_key)
+    finally:
+        await runner.cleanup()
+    assert caught.value.error_class == "malformed_response"
 
 
 # --------------------------------------------------------------------------- other failures
