@@ -1,0 +1,122 @@
+"""Sandbox of the Kozani Lifelong Learning Centre (ΚΔΒΜ), a subpackage the production wheel
+can leave out. Served by ``serve_tls``: the agency API answers 401 without a verified client
+certificate, ``/_sandbox/*`` answers anyone. Like the grocery: its own idempotency, a decision
+fixed at intake by the sequence number, ``received`` then the decision pushed to the hub."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from connectors.lifelong_learning.sandbox.server import serve_tls
+from connectors.sandboxes.common import IdempotencyKeyReused, apply_faults, sandbox_app
+
+__all__ = ["COURSES", "LifelongLearningSandboxConfig", "create_app", "serve_tls"]
+
+# The centre's own course areas (the hub's mapping translates programme codes to these).
+COURSES = frozenset({"GENERAL_ADULT_EDUCATION", "DIGITAL_SKILLS", "GREEK_AS_A_SECOND_LANGUAGE"})
+
+
+class LifelongLearningSandboxConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hub_url: str | None = None
+    hub_token: SecretStr | None = None
+    agency_id: str = "kozani-lifelong-learning"
+    capacity: int = Field(default=50, ge=0, description="places; after them, waitlisted")
+    reject_every: int = Field(default=10, ge=0, description="every n-th rejected; 0: none")
+    decision_delay_s: float = Field(default=2.0, ge=0.0)
+    state_file: Path | None = None
+
+
+def _error(status_code: int, error: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": error, **extra}, status_code=status_code)
+
+
+def _invalid(body: dict[str, Any]) -> list[str]:
+    """Names of the wrong fields, never their values."""
+    referral, courses = body.get("hub_referral_id"), body.get("courses")
+    wrong = [] if isinstance(referral, str) and referral else ["hub_referral_id"]
+    if not isinstance(courses, list) or not courses or not set(map(str, courses)) <= COURSES:
+        wrong.append("courses")
+    return wrong
+
+
+def create_app(config: LifelongLearningSandboxConfig) -> FastAPI:
+    """Build the sandbox; ``app.state`` exposes ledger, faults and pusher to tests."""
+    token = config.hub_token.get_secret_value() if config.hub_token else None
+    title, state_file = "Kozani Lifelong Learning Centre sandbox", config.state_file
+    parts = sandbox_app(
+        title, config.agency_id, hub_url=config.hub_url, hub_token=token, state_file=state_file
+    )
+    app, ledger, faults, pusher = parts.app, parts.ledger, parts.faults, parts.pusher
+    cancelled: set[str] = set()  # in memory only
+
+    def status(enrolment_id: str) -> str:
+        sequence = int(enrolment_id.rsplit("-", 1)[1])
+        if enrolment_id in cancelled:
+            return "withdrawn"
+        if config.reject_every and sequence % config.reject_every == 0:
+            return "rejected"
+        return "accepted" if sequence <= config.capacity else "waitlisted"
+
+    async def refusal(request: Request, key: str | None = None) -> Response | None:
+        """Injected faults first, as in every sandbox, then the client certificate."""
+        if (fault := await apply_faults(faults, key=key)) is not None:
+            return fault
+        tls = (request.scope.get("extensions") or {}).get("tls") or {}
+        return None if tls.get("client_cert_chain") else _error(401, "client_certificate_required")
+
+    @app.post("/v1/enrolments", status_code=201)
+    async def enrol(request: Request) -> Response:
+        raw = await request.body()  # all of it first: a real centre goes on if the caller dies
+        key = request.headers.get("idempotency-key", "").strip()
+        if (refused := await refusal(request, key or None)) is not None:
+            return refused
+        if not key or len(key) > 255:
+            return _error(400, "missing_idempotency_key")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return _error(400, "invalid_json")
+        if fields := _invalid(body) if isinstance(body, dict) else [""]:
+            return _error(422, "validation_failed", errors=[{"field": f} for f in fields])
+        try:
+            numbered = lambda n: f"KDBM-KOZ-{n:06d}"  # noqa: E731
+            rec, is_new = ledger.record(key, body["hub_referral_id"], body, numbered)
+        except IdempotencyKeyReused:
+            return _error(422, "idempotency_key_reused")
+        reference = str(rec.reference)
+        if is_new:
+            steps = [(0.0, "received"), (config.decision_delay_s, status(reference))]
+            pusher.schedule(rec.referral_id, reference, steps)
+        answer = {"enrolment_id": reference, "status": status(reference)}
+        return JSONResponse(answer, status_code=201 if is_new else 200)
+
+    @app.get("/v1/enrolments/{enrolment_id}")
+    async def enrolment(enrolment_id: str, request: Request) -> Response:
+        if (refused := await refusal(request)) is not None:
+            return refused
+        if ledger.by_reference(enrolment_id) is None:
+            return _error(404, "not_found")
+        return JSONResponse({"enrolment_id": enrolment_id, "status": status(enrolment_id)})
+
+    @app.post("/v1/enrolments/{enrolment_id}/cancel")
+    async def cancel(enrolment_id: str, request: Request) -> Response:
+        """Pushed after any decision still owed, so the hub ends on ``withdrawn``."""
+        if (refused := await refusal(request)) is not None:
+            return refused
+        if (rec := ledger.by_reference(enrolment_id)) is None:
+            return _error(404, "not_found")
+        if enrolment_id not in cancelled:
+            cancelled.add(enrolment_id)
+            steps = [(config.decision_delay_s + 0.1, "withdrawn")]
+            pusher.schedule(rec.referral_id, enrolment_id, steps)
+        return JSONResponse({"enrolment_id": enrolment_id, "status": "withdrawn"})
+
+    return app
