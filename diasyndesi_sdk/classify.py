@@ -121,8 +121,12 @@ def transport_failure(exc: BaseException, what: str) -> DeliveryError:
     unreadable or from another CA, a handshake refused) is permanent ``tls``; a timeout or
     any other connection failure is retryable. The message names the class, never the
     exception's text (it can quote a path or a host's certificate)."""
-    if _is_tls(exc):
-        return PermanentError(f"{_at(what)}TLS failed ({type(exc).__name__})", error_class="tls")
+    tls = _tls_error(exc)
+    if tls is not None:
+        # OpenSSL's reason (CERTIFICATE_VERIFY_FAILED, TLSV1_ALERT_UNKNOWN_CA…): safe to
+        # show, and what the operator needs; the message text itself may name a path.
+        reason = getattr(tls, "reason", None) or type(tls).__name__
+        return PermanentError(f"{_at(what)}TLS refused ({reason})", error_class="tls")
     if isinstance(exc, TimeoutError):
         return RetryableError(f"{_at(what)}timed out", error_class="timeout")
     return RetryableError(f"{_at(what)}{type(exc).__name__}", error_class="connection")
@@ -133,17 +137,23 @@ def _at(what: str) -> str:
     return f"{what}: " if what else ""
 
 
-def _is_tls(exc: BaseException) -> bool:
+def _tls_error(exc: BaseException) -> BaseException | None:
+    """The certificate or handshake failure in ``exc``'s chain (aiohttp wraps ssl's errors),
+    or None, also when the connection was only cut short mid-TLS (a network matter)."""
     seen: BaseException | None = exc
-    for _ in range(5):  # aiohttp wraps ssl's errors; follow the chain a little way
+    found: BaseException | None = None
+    for _ in range(6):
         if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-            return False  # the connection dropped mid-TLS: a network matter, retried
+            break
+        if isinstance(seen, _CUT_SHORT):
+            return None
         if isinstance(seen, ssl.SSLError) or type(seen).__name__ in _TLS_CLASS_NAMES:
-            return True
+            found = seen if getattr(seen, "reason", None) or found is None else found
         seen = seen.__cause__ or seen.__context__
-    return False
+    return found
+
+
+_CUT_SHORT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 
 
 # aiohttp's TLS errors, by name so the table needs no aiohttp import (a SOAP-only family
