@@ -5,19 +5,13 @@ Messages give OpenSSL's reason, never a path or the payload."""
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from connectors.http import http_failure, not_an_object, read_json_object, transport_errors
-from hub.errors import PermanentError, RetryableError
-
-# A TLS connection cut short is the network's doing, not the certificate's.
-CUT_SHORT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+from diasyndesi_sdk.errors import PermanentError, RetryableError
+from diasyndesi_sdk.http import http_failure, not_an_object, read_json_object, transport_errors
 
 
 @dataclass(frozen=True)
@@ -27,32 +21,11 @@ class Enrolment:
     duplicate: bool = False
 
 
-@asynccontextmanager
-async def tls_errors(what: str) -> AsyncIterator[None]:
-    """Certificate problems as ``tls``: the ssl module's error behind aiohttp's (some of which
-    subclass it), unless the connection was only cut short; a bare ssl error as ``connection``."""
-    try:
-        yield
-    except (aiohttp.ClientError, ssl.SSLError) as exc:
-        cause: BaseException | None = exc
-        while isinstance(cause, aiohttp.ClientError) or not isinstance(cause, ssl.SSLError | None):
-            cause = cause.__cause__ or cause.__context__
-        if isinstance(cause, ssl.SSLError) and not isinstance(cause, CUT_SHORT):
-            reason = getattr(cause, "reason", None) or type(cause).__name__
-            raise PermanentError(f"{what}: TLS refused ({reason})", error_class="tls") from exc
-        if isinstance(exc, ssl.SSLError):
-            raise RetryableError(f"{what}: {type(exc).__name__}", error_class="connection") from exc
-        raise
-
-
 class LifelongLearningClient:
-    """Calls one centre; the session (and its pool) is the caller's."""
+    """Calls one centre; the session (its pool and TLS context) is the caller's."""
 
-    def __init__(
-        self, base_url: str, tls: ssl.SSLContext, timeout_s: float, session: aiohttp.ClientSession
-    ) -> None:
+    def __init__(self, base_url: str, timeout_s: float, session: aiohttp.ClientSession) -> None:
         self._base = base_url.rstrip("/") + "/v1/enrolments"
-        self._tls = tls
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session = session
 
@@ -79,13 +52,12 @@ class LifelongLearningClient:
         self, method: str, path: str, what: str, **kwargs: Any
     ) -> tuple[int, Enrolment]:
         async with (
-            transport_errors(what),
-            tls_errors(what),
+            transport_errors(what),  # a certificate problem: permanent ``tls`` (the SDK's table)
             self._session.request(
-                method, self._base + path, ssl=self._tls, timeout=self._timeout, **kwargs
+                method, self._base + path, timeout=self._timeout, **kwargs
             ) as response,
         ):
-            if response.status == 401:  # the one way it authenticates anyone
+            if response.status == 401 and await _certificate_missing(response, what):
                 raise PermanentError(f"{what}: client certificate refused", error_class="tls")
             if response.status >= 300:
                 raise http_failure(response.status, response.headers.get("Retry-After"), what)
@@ -95,3 +67,10 @@ class LifelongLearningClient:
         if not isinstance(enrolment_id, str) or not enrolment_id or not isinstance(status, str):
             raise RetryableError(f"{what}: malformed answer", error_class="malformed_response")
         return response.status, Enrolment(enrolment_id, status)
+
+
+async def _certificate_missing(response: aiohttp.ClientResponse, what: str) -> bool:
+    """The centre said it saw no valid client certificate (any other 401 is refused
+    credentials, retried like every family's, as the SDK's table says)."""
+    body = await read_json_object(response, what)
+    return body is not None and body.get("error") == "client_certificate_required"

@@ -1,6 +1,7 @@
-"""Development and test certificates, made at run time and never committed: a CA, a server
-certificate for 127.0.0.1 and localhost, the hub's client certificate and one from another
-CA (what a centre must refuse). trustme is a development dependency only."""
+"""Development and test certificates for mutual-TLS sandboxes, made at run time and never
+committed: a CA, a server certificate for 127.0.0.1 and localhost, the hub's client
+certificate and one from another CA (what an agency must refuse). trustme is a development
+dependency only, like this kit."""
 
 from __future__ import annotations
 

@@ -211,6 +211,7 @@ class HubProcess:
             VAR_DIR=str(self.var_dir),
             API_PORT=str(self.ports.api),
             EMBEDDED_BROKER_PORT=str(self.ports.broker),
+            SANDBOX_PORT_BASE="0",  # families without a port below: any free one
             SANDBOX_PORTS__BENEFITS_AGENCY=str(self.ports.benefits),
             SANDBOX_PORTS__EMPLOYMENT_SERVICE=str(self.ports.employment),
             SANDBOX_PORTS__SOCIAL_GROCERY=str(self.ports.grocery),

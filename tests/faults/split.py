@@ -158,6 +158,7 @@ class SplitHub:
             CONSUMER__HEARTBEAT_INTERVAL_MS="1000",
             STATUS_POLL_S="2",
             OBSERVABILITY_PORT="0",  # several workers on one machine: each its own free port
+            SANDBOX_PORT_BASE="0",  # families without a port below: any free one
             SANDBOX_PORTS__BENEFITS_AGENCY=str(self.ports.benefits),
             SANDBOX_PORTS__EMPLOYMENT_SERVICE=str(self.ports.employment),
             SANDBOX_PORTS__SOCIAL_GROCERY=str(self.ports.grocery),

@@ -11,7 +11,13 @@ from diasyndesi_sdk.webhooks import sign
 from hub.samples import sample_referral
 from tests.integration.conftest import Stack
 
-FOUR_FAMILIES = ["GMI", "UNEMPLOYMENT_REGISTRATION", "SOCIAL_GROCERY", "HELP_AT_HOME"]
+EVERY_FAMILY = [
+    "GMI",
+    "UNEMPLOYMENT_REGISTRATION",
+    "SOCIAL_GROCERY",
+    "HELP_AT_HOME",
+    "ADULT_EDUCATION",  # the fifth family: REST over mutual TLS
+]
 
 
 def final(view: dict[str, object]) -> bool:
@@ -24,13 +30,16 @@ def final(view: dict[str, object]) -> bool:
 
 async def test_a_kozani_referral_reaches_every_family_once(stack: Stack) -> None:
     active = {a for a, c in stack.hub.registry.agencies.items() if c.active}
-    programmes = [p for p in FOUR_FAMILIES if p != "GMI" or "opeka" in active]
+    programmes = [p for p in EVERY_FAMILY if p != "GMI" or "opeka" in active]
     body = sample_referral(programmes=programmes, seed=201)
     body["beneficiary"]["vulnerabilities"] = ["long_term_unemployed", "disability"]
     answer = await stack.submit(body)
-    expected = {"dypa", "kozani-social-grocery", "kozani-social-service"} | (
-        {"opeka"} if "opeka" in active else set()
-    )
+    expected = {
+        "dypa",
+        "kozani-social-grocery",
+        "kozani-social-service",
+        "kozani-lifelong-learning",
+    } | ({"opeka"} if "opeka" in active else set())
     assert set(answer["routed"]) == expected
     [view] = await stack.wait_for([answer["id"]], final, timeout_s=60)
     assert {a["agency"] for a in view["agencies"]} == expected
@@ -39,16 +48,18 @@ async def test_a_kozani_referral_reaches_every_family_once(stack: Stack) -> None
     grocery = await stack.sandbox("received", "kozani-social-grocery")
     municipal = await stack.sandbox("received", "kozani-social-service")
     employment = await stack.sandbox("received", "dypa")
-    for records in (grocery, municipal, employment):
+    learning = await stack.sandbox("received", "kozani-lifelong-learning")
+    for records in (grocery, municipal, employment, learning):
         assert [r["duplicate"] for r in records] == [False]
     # Minimisation on the wire: notes and special-category flags only where allowed.
     assert municipal[0]["payload"]["notes"] == body["notes"]
     assert "disability" in municipal[0]["payload"]["vulnerabilities"]
-    for records in (grocery, employment):
+    for records in (grocery, employment, learning):
         wire = json.dumps(records[0]["payload"], ensure_ascii=False)
         assert body["notes"] not in wire
         assert "disability" not in wire.lower()
         assert body["beneficiary"]["afm"] not in wire
+    assert learning[0]["payload"]["courses"] == ["GENERAL_ADULT_EDUCATION"]
     # The grocery's system takes Latin only: names went out transliterated.
     assert grocery[0]["payload"]["household"]["address"]["street"] == "Dimokratias 1"
 

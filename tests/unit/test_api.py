@@ -33,6 +33,7 @@ from hub.retry_topics import H_REDRIVE_FOR
 from hub.samples import make_amka, sample_referral
 from hub.schema import upgrade
 from hub.settings import Settings
+from schemas.codes import ProgrammeCode
 from schemas.events import REFERRAL_SUBMITTED, STATUS_CHANGED
 from tests.databases import fresh_database_url
 
@@ -326,7 +327,7 @@ async def test_registries_and_health_and_metrics(env: Env) -> None:
     agencies = (await env.client.get("/v1/agencies", headers=env.auth())).json()
     assert {a["id"] for a in agencies} >= {"opeka", "dypa", "kozani-social-grocery"}
     programmes = (await env.client.get("/v1/programmes", headers=env.auth())).json()
-    assert len(programmes) == 18
+    assert len(programmes) == len(ProgrammeCode) == 21
     assert (await env.client.get("/healthz")).json() == {"status": "ok"}
     ready = await env.client.get("/readyz")  # the broker address is unreachable here
     assert ready.status_code == 503

@@ -15,13 +15,27 @@ from typing import Any
 import pytest
 import yaml
 
+from diasyndesi_sdk.connection import AgencyConnection
+from hub.families import family_spec
 from hub.registry import Registry
 from hub.settings import load_settings, packaged_dir
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 BIN = Path(sys.executable).parent
-AGENCIES = [agency.id for agency in Registry.load(packaged_dir("registry")).active_agencies]
-SECRET_WORDS = ("SECRET", "PASSWORD")
+REGISTRY = Registry.load(packaged_dir("registry"))
+AGENCIES = [agency.id for agency in REGISTRY.active_agencies]
+SECRET_WORDS = ("SECRET", "PASSWORD", "CLIENT_KEY")
+
+
+def secret_files(agency: str) -> dict[str, str]:
+    """The agency's settings given as secret files → the secret item holding each: the
+    family's own file settings (a client certificate, key and CA for mutual TLS), or else
+    its shared secret (``SECRET_FILE``)."""
+    model = family_spec(REGISTRY.agencies[agency].family).connection
+    own = [name for name in model.model_fields if name not in AgencyConnection.model_fields]
+    if own:
+        return {name.upper(): f"{agency}-{name.replace('_', '-')}" for name in own}
+    return {"SECRET_FILE": agency}
 
 
 def env_key(agency: str) -> str:
@@ -61,8 +75,10 @@ def test_compose_runs_one_worker_per_agency_with_its_own_secret(compose: dict[st
     for service in workers.values():
         (agency,) = service["command"][2:]
         env = service["environment"]
-        assert env[f"AGENCIES__{env_key(agency)}__SECRET_FILE"] == f"/run/secrets/{agency}"
-        assert sorted(service["secrets"]) == sorted(["database_password", agency])
+        files = secret_files(agency)
+        for setting, item in files.items():
+            assert env[f"AGENCIES__{env_key(agency)}__{setting}"] == f"/run/secrets/{item}"
+        assert sorted(service["secrets"]) == sorted(["database_password", *files.values()])
 
 
 def test_compose_secrets_are_files_and_never_values(compose: dict[str, Any]) -> None:
@@ -71,7 +87,8 @@ def test_compose_secrets_are_files_and_never_values(compose: dict[str, Any]) -> 
     for name, service in compose["services"].items():
         for key, value in (service.get("environment") or {}).items():
             if any(word in key for word in SECRET_WORDS):
-                assert key.endswith("_FILE"), (name, key)
+                # a secret is a file: *_FILE, or a setting that is a path (a client key)
+                assert key.endswith(("_FILE", "__CLIENT_KEY")), (name, key)
                 assert str(value).startswith("/run/secrets/"), (name, key)
     postgres = compose["services"]["postgres"]["environment"]
     hub = compose["services"]["hub"]["environment"]
@@ -150,10 +167,13 @@ def test_a_deployment_per_agency_probed_on_its_observability_port(
         assert port(c, "observability") == int(config["OBSERVABILITY_PORT"]) == 9100
         assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "observability"}
         assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "observability"}
-        (env,) = c["env"]
-        assert env["name"] == f"AGENCIES__{env_key(agency)}__SECRET_FILE"
+        files = secret_files(agency)
+        assert {e["name"]: e["value"] for e in c["env"]} == {
+            f"AGENCIES__{env_key(agency)}__{setting}": f"/run/secrets/diasyndesi/{item}"
+            for setting, item in files.items()
+        }
         mounted = secret_items(deployment, "diasyndesi-agencies")
-        assert mounted == [agency], "a worker mounts only its own agency's secret"
+        assert mounted == list(files.values()), "a worker mounts only its own agency's secrets"
     serve = container(deployments["diasyndesi-serve"])
     assert serve["command"] == ["diasyndesi", "serve"] and port(serve, "http") == 8000
     assert serve["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -208,7 +228,8 @@ def test_a_job_runs_the_migration(manifests: list[dict[str, Any]]) -> None:
 
 def test_secret_templates_hold_no_values(manifests: list[dict[str, Any]]) -> None:
     secrets = kind(manifests, "Secret")
-    assert sorted(secrets["diasyndesi-agencies"]["stringData"]) == sorted(AGENCIES)
+    items = [item for agency in AGENCIES for item in secret_files(agency).values()]
+    assert sorted(secrets["diasyndesi-agencies"]["stringData"]) == sorted(items)
     for name, secret in secrets.items():
         assert "data" not in secret, name
         assert set(secret["stringData"].values()) == {""}, name

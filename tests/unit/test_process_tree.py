@@ -90,9 +90,10 @@ def test_up_generates_shared_agency_settings_but_keeps_what_the_operator_set(
         "employment_service",
         "social_grocery",
         "municipal_social_service",
+        "lifelong_learning",
     ]
-    assert [sandbox_port(settings, f) for f in families] == [8101, 8102, 8103, 8104]
-    ports = dict(zip([f.name for f in families], [8201, 8202, 8203, 8204], strict=True))
+    assert [sandbox_port(settings, f) for f in families] == [8101, 8102, 8103, 8104, 8105]
+    ports = dict(zip([f.name for f in families], [8201, 8202, 8203, 8204, 8205], strict=True))
     env = agency_env(settings, families, ports)
     assert "AGENCIES__DYPA__BASE_URL" not in env  # the operator's stays
     assert env["AGENCIES__DYPA__SECRET"]  # generated: passed to the sandbox and the worker alike
@@ -103,6 +104,10 @@ def test_up_generates_shared_agency_settings_but_keeps_what_the_operator_set(
     assert env["AGENCIES__KARPENISI_SOCIAL_SERVICE__BASE_URL"] == (
         "http://127.0.0.1:8204/karpenisi-social-service"
     )
+    # mutual TLS: the certificates are made before either side starts, paths given to both
+    assert env["AGENCIES__KOZANI_LIFELONG_LEARNING__BASE_URL"] == "https://127.0.0.1:8205"
+    for setting in ("CLIENT_CERT", "CLIENT_KEY", "CA_FILE"):
+        assert Path(env[f"AGENCIES__KOZANI_LIFELONG_LEARNING__{setting}"]).is_file()
     whole = plan(settings, ["opeka", "dypa", "kozani-social-grocery"])
     assert whole.env["SANDBOX_PORTS__SOCIAL_GROCERY"] == "8103"
     assert whole.env["KAFKA_BOOTSTRAP_SERVERS"] == f"127.0.0.1:{settings.embedded_broker_port}"

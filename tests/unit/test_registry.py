@@ -49,6 +49,7 @@ def test_real_registry_loads_the_sample_centres_and_agencies(registry: Registry)
         "kozani-social-grocery",
         "kozani-social-service",
         "karpenisi-social-service",
+        "kozani-lifelong-learning",
     ]
     assert set(registry.programmes) == set(P)
     assert "dypa" in [a.id for a in registry.active_agencies]

@@ -336,6 +336,7 @@ def test_programme_registry_covers_every_code_once() -> None:
         "employment_service",
         "social_grocery",
         "municipal_social_service",
+        "lifelong_learning",
     }
     assert all(entry["name_el"] and entry["name_en"] for entry in entries)
 

@@ -1,6 +1,6 @@
-"""Sandbox of the Kozani Lifelong Learning Centre (ΚΔΒΜ), a subpackage the production wheel
-can leave out. Served by ``serve_tls``: the agency API answers 401 without a verified client
-certificate, ``/_sandbox/*`` answers anyone. Like the grocery: its own idempotency, a decision
+"""Sandbox of the Kozani Lifelong Learning Centre (ΚΔΒΜ), served over TLS asking for a client
+certificate (``hub.servers``): the agency API answers 401 without a verified one,
+``/_sandbox/*`` answers anyone. Like the grocery: its own idempotency, a decision
 fixed at intake by the sequence number, ``received`` then the decision pushed to the hub."""
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from connectors.lifelong_learning.sandbox.server import serve_tls
-from connectors.sandboxes.common import IdempotencyKeyReused, apply_faults, sandbox_app
+from connectors.sandbox_kit import IdempotencyKeyReused, apply_faults, sandbox_app
 
-__all__ = ["COURSES", "LifelongLearningSandboxConfig", "create_app", "serve_tls"]
+__all__ = ["COURSES", "LifelongLearningSandboxConfig", "create_app"]
 
 # The centre's own course areas (the hub's mapping translates programme codes to these).
 COURSES = frozenset({"GENERAL_ADULT_EDUCATION", "DIGITAL_SKILLS", "GREEK_AS_A_SECOND_LANGUAGE"})

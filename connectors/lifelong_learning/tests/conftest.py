@@ -14,16 +14,13 @@ import aiohttp
 import pytest
 from fastapi import FastAPI
 
-from connectors.base import Delivery, idempotency_key
 from connectors.lifelong_learning.connector import LifelongLearningConnector
-from connectors.lifelong_learning.dev_certs import CertPair, DevCerts, write_dev_certs
-from connectors.lifelong_learning.sandbox import (
-    LifelongLearningSandboxConfig,
-    create_app,
-    serve_tls,
-)
+from connectors.lifelong_learning.sandbox.app import LifelongLearningSandboxConfig, create_app
 from connectors.lifelong_learning.settings import LifelongLearningConnection
-from hub.servers import RunningServer
+from connectors.sandbox_kit.certs import CertPair, DevCerts, write_dev_certs
+from diasyndesi_sdk.connector import Delivery, idempotency_key
+from diasyndesi_sdk.sandbox import ServerTls
+from hub.servers import RunningServer, start_server
 from tests.fake_hub import FakeHub
 
 AGENCY = "kozani-lifelong-learning"
@@ -98,9 +95,8 @@ async def sandbox(certs: DevCerts, hub: FakeHub, tmp_path: Path) -> AsyncIterato
     )
     app = create_app(config)
     pair = certs.server
-    server = await serve_tls(
-        app, "127.0.0.1", 0, "kdbm", cert=pair.cert, key=pair.key, ca_file=certs.ca_file
-    )
+    tls = ServerTls(pair.cert, pair.key, ca_certs=certs.ca_file)
+    server = await start_server(app, "127.0.0.1", 0, "kdbm", tls)
     yield Sandbox(app, server, certs.ca_file)
     await server.stop()
 

@@ -11,9 +11,9 @@ import pytest
 import trustme
 from aiohttp import web
 
-from connectors.http import transport_errors
-from connectors.lifelong_learning.client import LifelongLearningClient, tls_errors
-from connectors.lifelong_learning.dev_certs import DevCerts, write_pair
+from connectors.lifelong_learning.client import LifelongLearningClient
+from connectors.sandbox_kit.certs import DevCerts, write_pair
+from diasyndesi_sdk.http import http_session, transport_errors
 from hub.errors import PermanentError, RetryableError
 from schemas.codes import EnrollmentStatus
 
@@ -68,8 +68,8 @@ async def test_decisions_follow_the_sequence(make_connector: ConnectorFactory) -
 
 async def test_no_client_certificate_is_refused_as_tls(sandbox: Sandbox, certs: DevCerts) -> None:
     anonymous = ssl.create_default_context(cafile=certs.ca_file)
-    async with aiohttp.ClientSession() as session:
-        client = LifelongLearningClient(sandbox.server.url, anonymous, 5, session)
+    async with http_session(4, ssl_context=anonymous) as session:
+        client = LifelongLearningClient(sandbox.server.url, 5, session)
         with pytest.raises(PermanentError) as caught:
             await client.enrol(delivery().payload, delivery().idempotency_key)
     assert caught.value.error_class == "tls"
@@ -129,7 +129,7 @@ async def test_a_connection_cut_short_is_the_network_not_the_certificate(
 ) -> None:
     """A reset or an EOF tells nothing about certificates; only an alert or a 401 does."""
     with pytest.raises(RetryableError) as caught:
-        async with transport_errors("enrol"), tls_errors("enrol"):
+        async with transport_errors("enrol"):
             if wrapped:
                 raise aiohttp.ClientOSError() from cause
             raise cause
@@ -149,9 +149,9 @@ async def test_answer_without_an_enrolment_id_is_malformed(certs: DevCerts) -> N
     await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls).start()
     url = f"https://127.0.0.1:{runner.addresses[0][1]}"
     try:
-        async with aiohttp.ClientSession() as session:
-            client_tls = ssl.create_default_context(cafile=certs.ca_file)
-            client = LifelongLearningClient(url, client_tls, 5, session)
+        client_tls = ssl.create_default_context(cafile=certs.ca_file)
+        async with http_session(4, ssl_context=client_tls) as session:
+            client = LifelongLearningClient(url, 5, session)
             with pytest.raises(RetryableError) as caught:
                 await client.enrol(delivery().payload, delivery().idempotency_key)
     finally:

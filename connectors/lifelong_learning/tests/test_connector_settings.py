@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from connectors.base import AgencyConnection
 from connectors.lifelong_learning.connector import LifelongLearningConnector
-from connectors.lifelong_learning.dev_certs import DevCerts
+from connectors.lifelong_learning.settings import LifelongLearningConnection
+from connectors.sandbox_kit.certs import DevCerts
+from diasyndesi_sdk.connection import AgencyConnection
 from hub.errors import ConfigurationError
 from hub.servers import RunningServer
 
@@ -23,13 +24,8 @@ def connector(certs: DevCerts, **paths: Path) -> LifelongLearningConnector:
         "ca_file": certs.ca_file,
     }
     files.update(paths)
-    return LifelongLearningConnector(
-        AGENCY,
-        AgencyConnection(base_url="https://127.0.0.1:9"),
-        client_cert=files["client_cert"],
-        client_key=files["client_key"],
-        ca_file=files["ca_file"],
-    )
+    connection = LifelongLearningConnection(base_url="https://127.0.0.1:9", **files)
+    return LifelongLearningConnector(AGENCY, connection)
 
 
 @pytest.mark.parametrize(
@@ -46,7 +42,7 @@ async def test_missing_file_stops_the_start(
     missing = tmp_path / "secret-name-not-to-leak.pem"
     with pytest.raises(ConfigurationError) as caught:
         await connector(certs, **{setting: missing}).start()
-    assert str(caught.value) == f"{AGENCY}: {reason}"
+    assert str(caught.value) == f"agency {AGENCY}: {reason}"
 
 
 @pytest.mark.parametrize(
@@ -68,27 +64,34 @@ async def test_unusable_file_stops_the_start(
     }
     with pytest.raises(ConfigurationError) as caught:
         await connector(certs, **{k: files[v] for k, v in paths.items()}).start()
-    assert str(caught.value) == f"{AGENCY}: {reason}"
+    assert str(caught.value) == f"agency {AGENCY}: {reason}"
 
 
 async def test_settings_missing_or_not_https_stop_the_start(certs: DevCerts) -> None:
     bare = LifelongLearningConnector(AGENCY, AgencyConnection(base_url="https://127.0.0.1:9"))
-    with pytest.raises(ConfigurationError, match=f"{AGENCY}: client_cert, client_key, ca_file"):
+    with pytest.raises(ConfigurationError, match=f"{AGENCY}: set client_cert, client_key, ca_file"):
         await bare.start()
     plain = LifelongLearningConnector(AGENCY, AgencyConnection(base_url="http://127.0.0.1:9"))
     with pytest.raises(ConfigurationError, match="https://"):
         await plain.start()
 
 
-async def test_a_plain_connection_with_explicit_paths_delivers(
+async def test_the_settings_of_a_plain_connection_are_read_as_the_family_s(
     sandbox: Sandbox, certs: DevCerts
 ) -> None:
+    """What the hub's settings hold (AGENCIES__<ID>__CLIENT_CERT… kept as extra fields of
+    the shared model) is enough: the connector reads them with its own model."""
     server: RunningServer = sandbox.server
-    connection = AgencyConnection(base_url=server.url)
     pair = certs.client
-    connector = LifelongLearningConnector(
-        AGENCY, connection, client_cert=pair.cert, client_key=pair.key, ca_file=certs.ca_file
+    connection = AgencyConnection.model_validate(
+        {
+            "base_url": server.url,
+            "client_cert": str(pair.cert),
+            "client_key": str(pair.key),
+            "ca_file": str(certs.ca_file),
+        }
     )
+    connector = LifelongLearningConnector(AGENCY, connection)
     await connector.start()
     try:
         assert (await connector.deliver(delivery())).reference == "KDBM-KOZ-000001"

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from connectors.lifelong_learning.dev_certs import DevCerts
+from connectors.sandbox_kit.certs import DevCerts
 from tests.fake_hub import FakeHub
 
 from .conftest import AGENCY, HUB_BEARER, ConnectorFactory, Sandbox, delivery, payload
