@@ -22,10 +22,10 @@ from hub.connector_loop import ConnectorLoop
 from hub.connector_runner import ConnectorRunner, DrainOnRevoke
 from hub.consumers import Consumers
 from hub.db import Database
-from hub.errors import BrokerError, ConfigurationError
+from hub.errors import BrokerError
 from hub.leases import Leases
 from hub.logs import get_logger
-from hub.mapping import Mapping, load_mapping
+from hub.mapping_policy import load_mappings
 from hub.metrics import HubMetrics
 from hub.poller import StatusPoller
 from hub.projector import Projector
@@ -42,27 +42,6 @@ if TYPE_CHECKING:
     from hub.sandboxes import Sandboxes
 
 log = get_logger(__name__)
-
-
-def load_mappings(settings: Settings, registry: Registry) -> dict[str, Mapping]:
-    """Validate every active agency's mapping; a bad one stops the start. Beyond the
-    minimisation rules, an agency's programme code list may name only its own programmes
-    (a programme code can itself be health data, e.g. DISABILITY_DAY_CARE)."""
-    mappings = {}
-    for agency in registry.active_agencies:
-        path = settings.mappings_dir / agency.mapping
-        mapping = load_mapping(path, agency.id, agency.family)
-        own = {p.value for p in agency.programmes}
-        for index, rule in enumerate(mapping.fields):
-            if rule.source == "programmes" and rule.codes:
-                foreign = sorted(set(mapping.codes[rule.codes]) - own)
-                if foreign:
-                    raise ConfigurationError(
-                        f"{path}: fields.{index} ({rule.to}): code list {rule.codes!r} "
-                        f"names programmes {foreign} that {agency.id} does not handle"
-                    )
-        mappings[agency.id] = mapping
-    return mappings
 
 
 class Hub:
