@@ -15,7 +15,8 @@ import pytest
 
 from connectors.base import KEEPALIVE_S
 from hub.broker import free_port
-from hub.runtime import Embedded, Hub
+from hub.embedded import Embedded
+from hub.runtime import Hub
 from hub.settings import ConsumerSettings, RetrySettings, Settings
 from tests.databases import fresh_database_url
 
