@@ -28,8 +28,6 @@ from hub.settings import ConsumerSettings, KafkaClientSettings, ProducerSettings
 from schemas.events import TOPIC_DELIVERIES, TOPIC_REFERRALS, TOPIC_STATUS
 
 HUB_TOPICS = (TOPIC_REFERRALS, TOPIC_DELIVERIES, TOPIC_STATUS)
-MARKER_TOPIC = "kk.hub.marker"
-"""Created with the hub topics and never written: if it is gone, the broker lost its data."""
 
 
 @dataclass(frozen=True)

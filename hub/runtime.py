@@ -16,10 +16,10 @@ from connectors.base import Connector, PollsStatus
 from hub.api.app import create_app
 from hub.api.deps import HubState
 from hub.api.health import Probe, Readiness, broker_probe, create_health_app, database_probe
-from hub.bus import HUB_TOPICS, MARKER_TOPIC, KafkaCluster, KafkaPublisher, ensure_topics
+from hub.bus import HUB_TOPICS, KafkaCluster, KafkaPublisher, ensure_topics
 from hub.connector_loop import ConnectorLoop
 from hub.connector_runner import ConnectorRunner, DrainOnRevoke
-from hub.consumers import Consumers
+from hub.consumers import BrokerDataLoss, Consumers
 from hub.db import Database
 
 # Re-exported for callers of their old home here (``X as X``: explicit for mypy) until they
@@ -78,11 +78,8 @@ class Hub:
         self.db = Database(settings.database)
         self.publisher = KafkaPublisher(self.kafka, settings.producer, client_id="diasyndesi-hub")
         levels = len(settings.retry.topic_delays_s)
-        # Only the relay's process creates the marker: a worker (re)started after the broker
-        # lost its data must not re-create it before the relay has seen it gone and re-driven.
         self.topics = [
             *HUB_TOPICS,
-            *([MARKER_TOPIC] if run_relay else []),
             *(t for agency in self.mappings for t in connector_topics(agency, levels)),
         ]
         self.supervisor = Supervisor(
@@ -91,16 +88,24 @@ class Hub:
             max_s=settings.task_restart_max_s,
         )
         self.consumers = Consumers(self.kafka, settings.consumer, self.supervisor)
+        leases = Leases(self.db)
+        # Only the relay's process looks for a broker data loss (hub/consumers.py).
+        self.data_loss = (
+            BrokerDataLoss(
+                self.db, self.kafka, self.topics, rewind=self.consumers.rewind_all, leases=leases
+            )
+            if run_relay
+            else None
+        )
         self.relay = Relay(
             self.db,
             self.publisher,
             self.metrics,
-            kafka=self.kafka,
-            topics=self.topics,
+            data_loss=self.data_loss,
             poll_s=settings.relay_poll_s,
             batch=settings.relay_batch,
-            on_data_loss=self.consumers.rewind_all,
             stale_after_s=settings.redrive_stale_after_s,
+            leases=leases,
         )
         self.projector = Projector(self.db, self.metrics)
         self.runners: dict[str, ConnectorRunner] = {}
@@ -206,11 +211,9 @@ class Hub:
         self._polls_status = bool(polled)
         await self._check_database()
         try:
-            # Not the marker topic: the relay creates it when it finds the broker new or
-            # emptied, and re-drives what is unfinished then (hub/relay.py).
-            await ensure_topics(
-                self.kafka, [t for t in self.topics if t != MARKER_TOPIC], timeout_s=10
-            )
+            # Not the marker topic: BrokerDataLoss creates it when it finds the broker new or
+            # emptied, and re-drives what is unfinished then (hub/consumers.py).
+            await ensure_topics(self.kafka, self.topics, timeout_s=10)
         except BrokerError as exc:
             log.warning("broker not reachable at start; will keep trying", error=str(exc))
         if self.serve_api:

@@ -1,0 +1,134 @@
+"""Recovery from a broker that lost its data (decision 0009), without a broker: the topic
+admin is a fake that forgets on demand, the database is real. The process that takes the
+lease re-creates the topics (the marker with them) and re-drives; every process rewinds its
+consumers once per loss."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from hub.bus import HUB_TOPICS, KafkaCluster
+from hub.consumers import MARKER_TOPIC, RECOVERY_LEASE, BrokerDataLoss
+from hub.db import Database
+from hub.leases import Leases
+from hub.schema import upgrade
+from tests.databases import fresh_database_url
+
+CONNECTOR_TOPICS = ["kk.retry.dypa.1", "kk.dlq.dypa"]
+
+
+class Admin:
+    """The broker's topic list, as ``list_topics`` and ``ensure_topics`` see it."""
+
+    def __init__(self) -> None:
+        self.topics: set[str] = set()
+        self.created: list[list[str]] = []
+
+    async def list_topics(self, kafka: KafkaCluster, timeout_s: float = 5.0) -> set[str]:
+        return set(self.topics)
+
+    async def ensure_topics(
+        self, kafka: KafkaCluster, topics: Sequence[str], timeout_s: float = 15.0
+    ) -> None:
+        self.created.append(list(topics))
+        self.topics.update(topics)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(fresh_database_url(tmp_path))
+    await upgrade(database)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+def admin(monkeypatch: pytest.MonkeyPatch) -> Admin:
+    fake = Admin()
+    monkeypatch.setattr("hub.consumers.list_topics", fake.list_topics)
+    monkeypatch.setattr("hub.consumers.ensure_topics", fake.ensure_topics)
+    return fake
+
+
+class Rewinds:
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def __call__(self) -> None:
+        self.count += 1
+
+
+def watcher(db: Database, rewinds: Rewinds) -> BrokerDataLoss:
+    """Checks only when told to (``check_soon``) after its first check."""
+    return BrokerDataLoss(
+        db,
+        KafkaCluster("127.0.0.1:1"),
+        [*HUB_TOPICS, *CONNECTOR_TOPICS],
+        rewind=rewinds,
+        leases=Leases(db),
+        check_s=3600.0,
+    )
+
+
+async def test_a_lost_marker_recreates_the_topics_redrives_and_rewinds(
+    db: Database, admin: Admin
+) -> None:
+    rewinds = Rewinds()
+    watch = watcher(db, rewinds)
+    await watch.check()  # a new broker: no marker
+    assert admin.created == [[*HUB_TOPICS, MARKER_TOPIC, *CONNECTOR_TOPICS]]
+    assert rewinds.count == 1
+    assert await Leases(db).generation(RECOVERY_LEASE) == 1
+
+    admin.topics.clear()  # the broker lost everything, but the next check is not due yet
+    await watch.check()
+    assert len(admin.created) == 1 and rewinds.count == 1
+    watch.check_soon()  # after a publish error: check before the next publish
+    await watch.check()
+    assert len(admin.created) == 2 and rewinds.count == 2
+    assert await Leases(db).generation(RECOVERY_LEASE) == 2
+
+
+async def test_a_marker_in_place_changes_nothing(db: Database, admin: Admin) -> None:
+    admin.topics = {*HUB_TOPICS, MARKER_TOPIC}
+    rewinds = Rewinds()
+    watch = watcher(db, rewinds)
+    for _ in range(3):
+        watch.check_soon()
+        await watch.check()
+    assert admin.created == [] and rewinds.count == 0
+
+
+async def test_another_process_recovered_so_this_one_rewinds_once(
+    db: Database, admin: Admin
+) -> None:
+    admin.topics = {*HUB_TOPICS, MARKER_TOPIC}
+    rewinds = Rewinds()
+    watch = watcher(db, rewinds)
+    await Leases(db).bump(RECOVERY_LEASE)  # a loss recovered before this process started
+    await watch.check()
+    assert rewinds.count == 0
+
+    other = Leases(db)
+    assert await other.acquire(RECOVERY_LEASE)
+    await other.bump(RECOVERY_LEASE)  # another serve recovered from a loss
+    await other.release(RECOVERY_LEASE)
+    for _ in range(2):
+        watch.check_soon()
+        await watch.check()
+    assert rewinds.count == 1
+    assert admin.created == []  # the other process re-created the topics, not this one
+
+
+async def test_while_another_process_holds_the_lease_this_one_waits(
+    db: Database, admin: Admin
+) -> None:
+    other = Leases(db)
+    assert await other.acquire(RECOVERY_LEASE, ttl_s=60.0)  # recovering right now
+    rewinds = Rewinds()
+    watch = watcher(db, rewinds)
+    await watch.check()
+    assert admin.created == [] and rewinds.count == 0
