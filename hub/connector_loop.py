@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from hub.breaker import BreakerState
@@ -25,7 +25,7 @@ from hub.connector_runner import ConnectorRunner, Incoming
 from hub.consumers import commit_owned
 from hub.events import PoisonRecord, decode
 from hub.logs import get_logger
-from hub.retry_topics import RetryState, retry_topic
+from hub.retry_policy import held_until, retry_state
 
 log = get_logger(__name__)
 
@@ -121,11 +121,10 @@ class ConnectorLoop:
         now = self.runner.now()
         for tp, records in batches.items():
             for record in records:
-                retry = RetryState.from_headers(record.headers)
-                if tp.topic != retry_topic(self.runner.agency, retry.level) and retry.level:
-                    retry = RetryState()  # headers copied from elsewhere: start afresh
-                if retry.due > now:
-                    held[tp] = retry.due
+                retry = retry_state(self.runner.agency, tp.topic, record.headers)
+                due = held_until(retry, now)
+                if due is not None:
+                    held[tp] = due
                     consumer.seek(tp, record.offset)
                     consumer.pause(tp)
                     break
@@ -164,3 +163,24 @@ class ConnectorLoop:
                 agency=self.runner.agency,
                 error=failed,
             )
+
+
+class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before partitions move to another member, wait (bounded) for the batch in flight to
+    finish and be committed, so the new owner does not redo work already done."""
+
+    def __init__(self, runner: ConnectorRunner, timeout_s: float = 30.0) -> None:
+        self.runner = runner
+        self.timeout_s = timeout_s
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        try:
+            await asyncio.wait_for(self.runner.idle.wait(), self.timeout_s)
+        except TimeoutError:
+            log.warning(
+                "rebalance before the batch finished; it will be redelivered",
+                agency=self.runner.agency,
+            )
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions assigned", agency=self.runner.agency, count=len(assigned))

@@ -17,8 +17,8 @@ from hub.api.app import create_app
 from hub.api.deps import HubState
 from hub.api.health import Probe, Readiness, broker_probe, create_health_app, database_probe
 from hub.bus import HUB_TOPICS, KafkaCluster, KafkaPublisher, ensure_topics
-from hub.connector_loop import ConnectorLoop
-from hub.connector_runner import ConnectorRunner, DrainOnRevoke
+from hub.connector_loop import ConnectorLoop, DrainOnRevoke
+from hub.connector_runner import ConnectorRunner
 from hub.consumers import BrokerDataLoss, Consumers
 from hub.db import Database
 
