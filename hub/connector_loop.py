@@ -15,14 +15,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
-
 from hub.breaker import BreakerState
+from hub.bus import (
+    ConsumedRecord,
+    Consumer,
+    ConsumerRebalanceListener,
+    KafkaError,
+    TopicPartition,
+    commit_owned,
+)
 from hub.connector_runner import ConnectorRunner, Incoming
-from hub.consumers import commit_owned
 from hub.events import PoisonRecord, decode
 from hub.logs import get_logger
 from hub.retry_policy import held_until, retry_state
@@ -40,7 +45,7 @@ class ConnectorLoop:
         self._last_progress = time.monotonic()
         self._last_watch = 0.0
 
-    async def run(self, consumer: AIOKafkaConsumer) -> None:
+    async def run(self, consumer: Consumer) -> None:
         """Consume until ``stop()``; commit each batch only after every outcome is recorded."""
         await self.runner.connector.start()
         held: dict[TopicPartition, float] = {}  # retry partitions paused until a due time
@@ -67,7 +72,7 @@ class ConnectorLoop:
         finally:
             await self.runner.connector.stop()
 
-    async def _watch(self, consumer: AIOKafkaConsumer, held: dict[TopicPartition, float]) -> None:
+    async def _watch(self, consumer: Consumer, held: dict[TopicPartition, float]) -> None:
         """Notice a consumer that makes no progress although records are waiting (lag on a
         partition that is neither held for a due time nor paused by the breaker)."""
         if self.runner.breaker.state == BreakerState.OPEN:
@@ -94,7 +99,7 @@ class ConnectorLoop:
                 lag=lag,
             )
 
-    def _release(self, consumer: AIOKafkaConsumer, held: dict[TopicPartition, float]) -> None:
+    def _release(self, consumer: Consumer, held: dict[TopicPartition, float]) -> None:
         """Resume what is due and what the breaker allows; pause everything while it is open."""
         owned = consumer.assignment()
         if not self.runner.breaker.allows():
@@ -110,8 +115,8 @@ class ConnectorLoop:
 
     async def _process(
         self,
-        consumer: AIOKafkaConsumer,
-        batches: dict[TopicPartition, list[Any]],
+        consumer: Consumer,
+        batches: Mapping[TopicPartition, Sequence[ConsumedRecord]],
         held: dict[TopicPartition, float],
     ) -> dict[TopicPartition, int]:
         """Records with the same key in order, others concurrently. A retry partition stops
@@ -154,7 +159,7 @@ class ConnectorLoop:
         return offsets
 
     async def _commit(
-        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], timeout_s: float
+        self, consumer: Consumer, offsets: dict[TopicPartition, int], timeout_s: float
     ) -> None:
         failed = await commit_owned(consumer, offsets, timeout_s)
         if failed:  # the agency's idempotency absorbs the repeat

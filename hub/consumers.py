@@ -24,12 +24,20 @@ import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import IllegalStateError
 
-from hub.bus import HUB_TOPICS, KafkaCluster, ensure_topics, list_topics, make_consumer
+from hub.bus import (
+    HUB_TOPICS,
+    Consumer,
+    ConsumerRebalanceListener,
+    KafkaCluster,
+    KafkaError,
+    ensure_topics,
+    list_topics,
+    make_consumer,
+)
 from hub.db import Database
 from hub.leases import Leases
 from hub.logs import get_logger
@@ -46,31 +54,36 @@ REWIND_WINDOW_S = 60.0
 """After a broker data loss, assignments are rewound for this long (the groups rejoin)."""
 
 
-async def commit_owned(
-    consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], timeout_s: float
-) -> str | None:
-    """Commit ``offsets`` of the partitions this consumer still owns (a rebalance may have
-    moved some), bounded by ``timeout_s``; the error's class if it failed (the records then
-    come back to whoever owns them, and their consumers are idempotent), else None."""
-    owned = consumer.assignment()
-    mine = {tp: offset for tp, offset in offsets.items() if tp in owned}
-    if not mine:
-        return None
-    try:
-        await asyncio.wait_for(consumer.commit(mine), timeout_s)
-    except (CommitFailedError, KafkaError, TimeoutError) as exc:
-        return type(exc).__name__
-    return None
+class ConsumerFactory(Protocol):
+    """How ``Consumers`` makes a consumer (``make_consumer``; a ``MemoryConsumer`` in tests)."""
+
+    def __call__(
+        self,
+        kafka: KafkaCluster,
+        group_id: str,
+        topics: Sequence[str],
+        settings: ConsumerSettings,
+        client_id: str,
+        listener: ConsumerRebalanceListener | None = None,
+    ) -> Consumer: ...
 
 
 class Consumers:
     """This process's consumers, their joined state, and the rewind after a data loss."""
 
-    def __init__(self, kafka: KafkaCluster, settings: ConsumerSettings, supervisor: Supervisor):
+    def __init__(
+        self,
+        kafka: KafkaCluster,
+        settings: ConsumerSettings,
+        supervisor: Supervisor,
+        *,
+        new_consumer: ConsumerFactory = make_consumer,
+    ) -> None:
         self.kafka = kafka
         self.settings = settings
         self.supervisor = supervisor
-        self._active: list[AIOKafkaConsumer] = []
+        self.new_consumer = new_consumer
+        self._active: list[Consumer] = []
         self._joined: set[str] = set()  # groups whose current member here has joined
         self._stopping = asyncio.Event()
         self._rewind_until = 0.0
@@ -92,14 +105,14 @@ class Consumers:
         self,
         group: str,
         topics: list[str],
-        body: Callable[[AIOKafkaConsumer], Awaitable[None]],
+        body: Callable[[Consumer], Awaitable[None]],
         listener: ConsumerRebalanceListener | None = None,
     ) -> None:
         """Run ``body`` on a consumer of ``group`` until it returns (or raises)."""
         pause = 0.2
         while not self._stopping.is_set():
             rewind = RewindAfterDataLoss(self, listener, on_joined=lambda: self._joined.add(group))
-            consumer = make_consumer(
+            consumer = self.new_consumer(
                 self.kafka, group, topics, self.settings, client_id=group, listener=rewind
             )
             rewind.consumer = consumer
@@ -144,7 +157,7 @@ class Consumers:
     def rewinding(self) -> bool:
         return asyncio.get_running_loop().time() < self._rewind_until
 
-    async def _rewind(self, consumer: AIOKafkaConsumer, timeout_s: float = 60.0) -> None:
+    async def _rewind(self, consumer: Consumer, timeout_s: float = 60.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while not self._stopping.is_set():
             assigned = consumer.assignment()
@@ -183,7 +196,7 @@ class RewindAfterDataLoss(ConsumerRebalanceListener):  # type: ignore[misc]
         self.consumers = consumers
         self.inner = inner
         self.on_joined = on_joined
-        self.consumer: AIOKafkaConsumer | None = None
+        self.consumer: Consumer | None = None
         self.rewound_epoch = consumers.data_loss_epoch
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
