@@ -267,9 +267,10 @@ class MemoryConsumer:
         self._owned, self._positions, self._paused = set(), {}, set()
 
     async def rebalance(self, partitions: Iterable[TopicPartition]) -> None:
-        """The group rebalanced and this member now owns ``partitions``."""
-        revoked, self._owned = self._owned, set()
-        await self._tell("on_partitions_revoked", revoked)
+        """The group rebalanced and this member now owns ``partitions``. As with aiokafka,
+        the revoked partitions are still owned while the listener hears of them (a batch in
+        flight can still commit)."""
+        await self._tell("on_partitions_revoked", set(self._owned))
         self._owned = set(partitions)
         committed = self.bus.committed.get(self.group_id, {})
         self._positions = {tp: committed.get(tp, 0) for tp in self._owned}
@@ -296,6 +297,7 @@ class MemoryConsumer:
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[MemoryRecord]]:
         self.fetches += 1
+        await asyncio.sleep(0)  # a fetch always lets other tasks run, as a real one does
         if self.fetch_errors:
             raise self.fetch_errors.pop(0)
         batch = self._take(partitions, max_records or self.max_records)

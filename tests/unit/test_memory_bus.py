@@ -141,7 +141,7 @@ async def test_a_rebalance_tells_the_listener_and_restarts_from_the_committed_of
     await consumer.commit({TP: 2})
     consumer.pause(TP)
     await consumer.rebalance([TP])
-    assert listener.calls[2:] == [("revoked", {TP}, set()), ("assigned", {TP}, {TP})]
+    assert listener.calls[2:] == [("revoked", {TP}, {TP}), ("assigned", {TP}, {TP})]
     assert consumer.paused() == set()  # a new assignment forgets pauses
     assert values(await consumer.getmany()) == [b"0", b"1", b"2"]  # the listener's seek wins
     listener.consumer = []  # the listener now fails: logged, the rebalance goes on
