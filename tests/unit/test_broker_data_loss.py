@@ -1,20 +1,36 @@
 """Recovery from a broker that lost its data (decision 0009), without a broker: the topic
-admin is a fake that forgets on demand, the database is real. The process that takes the
-lease re-creates the topics (the marker with them) and re-drives; every process rewinds its
-consumers once per loss."""
+admin is a fake that forgets on demand, the database is real, the consumers are in-memory.
+The process that takes the lease re-creates the topics (the marker with them) and
+re-drives; every process rewinds its consumers, and their first assignment after the loss,
+once per loss."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
 
-from hub.bus import HUB_TOPICS, KafkaCluster
-from hub.consumers import MARKER_TOPIC, RECOVERY_LEASE, BrokerDataLoss
+from hub.bus import (
+    HUB_TOPICS,
+    Consumer,
+    ConsumerRebalanceListener,
+    KafkaCluster,
+    MemoryBus,
+    MemoryConsumer,
+    MemoryPublisher,
+    TopicPartition,
+)
+from hub.consumers import MARKER_TOPIC, RECOVERY_LEASE, BrokerDataLoss, Consumers
 from hub.db import Database
+from hub.events import OutgoingRecord
 from hub.leases import Leases
+from hub.metrics import HubMetrics
 from hub.schema import upgrade
+from hub.settings import ConsumerSettings
+from hub.supervisor import Supervisor
 from tests.databases import fresh_database_url
 
 CONNECTOR_TOPICS = ["kk.retry.dypa.1", "kk.dlq.dypa"]
@@ -132,3 +148,66 @@ async def test_while_another_process_holds_the_lease_this_one_waits(
     watch = watcher(db, rewinds)
     await watch.check()
     assert admin.created == [] and rewinds.count == 0
+
+
+# ------------------------------------------------------------ the consumers' side: rewinds
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_after_a_loss_each_consumer_and_its_next_assignment_read_from_the_start() -> None:
+    bus = MemoryBus()
+    made: list[MemoryConsumer] = []
+
+    def new_consumer(
+        kafka: KafkaCluster,
+        group_id: str,
+        topics: Sequence[str],
+        settings: ConsumerSettings,
+        client_id: str,
+        listener: ConsumerRebalanceListener | None = None,
+    ) -> MemoryConsumer:
+        made.append(MemoryConsumer(bus, topics, group_id=group_id, listener=listener))
+        return made[-1]
+
+    metrics = HubMetrics()
+    supervisor = Supervisor(metrics, initial_s=0.01, max_s=0.1)
+    consumers = Consumers(
+        KafkaCluster("127.0.0.1:1"), ConsumerSettings(), supervisor, new_consumer=new_consumer
+    )
+    read: list[bytes] = []
+    stop = asyncio.Event()
+
+    async def body(consumer: Consumer) -> None:  # reads and commits, as the loops do
+        while not stop.is_set():
+            for tp, records in (await consumer.getmany(timeout_ms=20)).items():
+                read.extend(r.value or b"" for r in records)
+                await consumer.commit({tp: records[-1].offset + 1})
+
+    feed = MemoryPublisher(bus)
+    for n in range(2):
+        await feed.publish(OutgoingRecord(topic="kk.t", key=b"k", headers=[], value=b"%d" % n))
+    task = asyncio.create_task(consumers.consume("g", ["kk.t"], body))
+    await until(lambda: read == [b"0", b"1"])
+    assert consumers.assigned(1) and consumers.not_joined(["g", "other"]) == ["other"]
+
+    await consumers.rewind_all()  # the relay found the broker emptied
+    await until(lambda: len(read) == 4)
+    [consumer] = made
+    tp = TopicPartition("kk.t", 0)
+    await consumer.rebalance({tp})  # the group rejoins and restores the committed offset
+    await until(lambda: len(read) == 6)
+    await consumer.rebalance({tp})  # a later rejoin: from the offsets committed since
+    await asyncio.sleep(0.1)
+    assert read == [b"0", b"1"] * 3
+
+    consumers.stop()
+    stop.set()
+    await asyncio.wait_for(task, 2.0)
+    assert consumers.not_joined(["g"]) == ["g"] and consumer.assignment() == set()
+    await supervisor.stop(1.0)
