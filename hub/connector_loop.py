@@ -3,11 +3,14 @@
 
 Fetch a batch; hand its records to the runner (``ConnectorRunner.handle_safely``), records
 with the same key in order and others concurrently; commit the batch only after every
-outcome is recorded. A retry-topic partition whose head record is not yet due is paused (and
-the consumer seeks back to it) until it is; while the circuit breaker is open every partition
-is paused. A consumer that has lag but makes no progress is reported. The runner never
-raises for one record (it dead-letters it), so a batch always commits and a partition never
-sticks on a bad record.
+outcome is recorded. A retry-topic partition whose head record is not yet due (by the retry
+policy, ``hub/retry_policy.py``) is paused (and the consumer seeks back to it) until it is;
+while the circuit breaker is open every partition is paused. A consumer that has lag but
+makes no progress is reported. Before partitions move to another member, the batch in
+flight is finished and committed (``DrainOnRevoke``). The runner never raises for one record
+(it dead-letters it), so a batch always commits and a partition never sticks on a bad
+record. The loop talks to the ``Consumer`` protocol of ``hub/bus.py``: aiokafka's consumer in
+production, ``MemoryConsumer`` in unit tests.
 """
 
 from __future__ import annotations
