@@ -156,6 +156,8 @@ async def test_errors_on_demand_and_partitions_by_key() -> None:
         await publisher.publish(record(n, key=b"same"))
     [(tp, log)] = [(tp, log) for tp, log in bus.logs.items() if log]
     assert [r.offset for r in log] == list(range(8))  # one key, one partition, in order
+    spread = [bus.append(record(n, key=bytes([65 + n]), topic="kk.spread")) for n in range(8)]
+    assert len({r.partition for r in spread}) > 1  # other keys, other partitions
     consumer = MemoryConsumer(bus, [TOPIC])
     await consumer.start()
     assert consumer.assignment() == {TopicPartition(TOPIC, n) for n in range(4)}
