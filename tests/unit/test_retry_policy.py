@@ -241,8 +241,10 @@ def test_retry_headers_copied_elsewhere_start_afresh(topic: str) -> None:
 
 
 def test_unreadable_retry_headers_start_afresh() -> None:
-    garbled = [(H_LEVEL, b"two"), (H_DUE, b"soon")]
-    assert retry_state("dypa", retry_topic("dypa", 2), garbled) == RetryState()
+    for level in (1, 2):  # a readable level, on its own topic, with a due time that is not
+        garbled = [(H_LEVEL, str(level).encode()), (H_DUE, b"soon")]
+        assert retry_state("dypa", retry_topic("dypa", level), garbled) == RetryState()
+    assert retry_state("dypa", retry_topic("dypa", 1), [(H_LEVEL, b"one")]) == RetryState()
     assert retry_state("dypa", "kk.referrals.v1", []) == RetryState()
 
 
