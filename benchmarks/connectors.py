@@ -50,8 +50,8 @@ from diasyndesi_sdk.connector import Connector, Delivery, idempotency_key  # noq
 from hub.errors import RetryableError  # noqa: E402
 from hub.factory import build_connector  # noqa: E402
 from hub.logs import configure_logging  # noqa: E402
+from hub.mapping_policy import load_mappings  # noqa: E402
 from hub.registry import Registry  # noqa: E402
-from hub.runtime import load_mappings  # noqa: E402
 from hub.samples import sample_referral  # noqa: E402
 from hub.settings import AgencyConnection, Settings  # noqa: E402
 from schemas.codes import ProgrammeCode  # noqa: E402

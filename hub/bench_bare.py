@@ -37,7 +37,7 @@ READY_LINE = "bare worker ready"
 
 async def run_worker(bootstrap: str, agencies: list[str]) -> None:
     """Child process: one consumer group per agency, deliver, publish done, commit."""
-    from hub.runtime import load_mappings
+    from hub.mapping_policy import load_mappings
 
     settings = Settings()
     registry = Registry.load(settings.registry_dir)

@@ -3,11 +3,14 @@
 
 Fetch a batch; hand its records to the runner (``ConnectorRunner.handle_safely``), records
 with the same key in order and others concurrently; commit the batch only after every
-outcome is recorded. A retry-topic partition whose head record is not yet due is paused (and
-the consumer seeks back to it) until it is; while the circuit breaker is open every partition
-is paused. A consumer that has lag but makes no progress is reported. The runner never
-raises for one record (it dead-letters it), so a batch always commits and a partition never
-sticks on a bad record.
+outcome is recorded. A retry-topic partition whose head record is not yet due (by the retry
+policy, ``hub/retry_policy.py``) is paused (and the consumer seeks back to it) until it is;
+while the circuit breaker is open every partition is paused. A consumer that has lag but
+makes no progress is reported. Before partitions move to another member, the batch in
+flight is finished and committed (``DrainOnRevoke``). The runner never raises for one record
+(it dead-letters it), so a batch always commits and a partition never sticks on a bad
+record. The loop talks to the ``Consumer`` protocol of ``hub/bus.py``: aiokafka's consumer in
+production, ``MemoryConsumer`` in unit tests.
 """
 
 from __future__ import annotations
@@ -15,17 +18,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
-
 from hub.breaker import BreakerState
+from hub.bus import (
+    ConsumedRecord,
+    Consumer,
+    ConsumerRebalanceListener,
+    KafkaError,
+    TopicPartition,
+    commit_owned,
+)
 from hub.connector_runner import ConnectorRunner, Incoming
-from hub.consumers import commit_owned
 from hub.events import PoisonRecord, decode
 from hub.logs import get_logger
-from hub.retry_topics import RetryState, retry_topic
+from hub.retry_policy import held_until, retry_state
 
 log = get_logger(__name__)
 
@@ -40,7 +48,7 @@ class ConnectorLoop:
         self._last_progress = time.monotonic()
         self._last_watch = 0.0
 
-    async def run(self, consumer: AIOKafkaConsumer) -> None:
+    async def run(self, consumer: Consumer) -> None:
         """Consume until ``stop()``; commit each batch only after every outcome is recorded."""
         await self.runner.connector.start()
         held: dict[TopicPartition, float] = {}  # retry partitions paused until a due time
@@ -67,7 +75,7 @@ class ConnectorLoop:
         finally:
             await self.runner.connector.stop()
 
-    async def _watch(self, consumer: AIOKafkaConsumer, held: dict[TopicPartition, float]) -> None:
+    async def _watch(self, consumer: Consumer, held: dict[TopicPartition, float]) -> None:
         """Notice a consumer that makes no progress although records are waiting (lag on a
         partition that is neither held for a due time nor paused by the breaker)."""
         if self.runner.breaker.state == BreakerState.OPEN:
@@ -94,7 +102,7 @@ class ConnectorLoop:
                 lag=lag,
             )
 
-    def _release(self, consumer: AIOKafkaConsumer, held: dict[TopicPartition, float]) -> None:
+    def _release(self, consumer: Consumer, held: dict[TopicPartition, float]) -> None:
         """Resume what is due and what the breaker allows; pause everything while it is open."""
         owned = consumer.assignment()
         if not self.runner.breaker.allows():
@@ -110,8 +118,8 @@ class ConnectorLoop:
 
     async def _process(
         self,
-        consumer: AIOKafkaConsumer,
-        batches: dict[TopicPartition, list[Any]],
+        consumer: Consumer,
+        batches: Mapping[TopicPartition, Sequence[ConsumedRecord]],
         held: dict[TopicPartition, float],
     ) -> dict[TopicPartition, int]:
         """Records with the same key in order, others concurrently. A retry partition stops
@@ -121,11 +129,10 @@ class ConnectorLoop:
         now = self.runner.now()
         for tp, records in batches.items():
             for record in records:
-                retry = RetryState.from_headers(record.headers)
-                if tp.topic != retry_topic(self.runner.agency, retry.level) and retry.level:
-                    retry = RetryState()  # headers copied from elsewhere: start afresh
-                if retry.due > now:
-                    held[tp] = retry.due
+                retry = retry_state(self.runner.agency, tp.topic, record.headers)
+                due = held_until(retry, now)
+                if due is not None:
+                    held[tp] = due
                     consumer.seek(tp, record.offset)
                     consumer.pause(tp)
                     break
@@ -155,7 +162,7 @@ class ConnectorLoop:
         return offsets
 
     async def _commit(
-        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], timeout_s: float
+        self, consumer: Consumer, offsets: dict[TopicPartition, int], timeout_s: float
     ) -> None:
         failed = await commit_owned(consumer, offsets, timeout_s)
         if failed:  # the agency's idempotency absorbs the repeat
@@ -164,3 +171,24 @@ class ConnectorLoop:
                 agency=self.runner.agency,
                 error=failed,
             )
+
+
+class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before partitions move to another member, wait (bounded) for the batch in flight to
+    finish and be committed, so the new owner does not redo work already done."""
+
+    def __init__(self, runner: ConnectorRunner, timeout_s: float = 30.0) -> None:
+        self.runner = runner
+        self.timeout_s = timeout_s
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        try:
+            await asyncio.wait_for(self.runner.idle.wait(), self.timeout_s)
+        except TimeoutError:
+            log.warning(
+                "rebalance before the batch finished; it will be redelivered",
+                agency=self.runner.agency,
+            )
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions assigned", agency=self.runner.agency, count=len(assigned))

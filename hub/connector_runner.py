@@ -2,13 +2,15 @@
 ``kk.referrals.v1`` and the agency's own retry topics.
 
 For each ``referral.submitted`` record routed to the agency: map (allow-list), try a few
-times in process (tenacity, exponential backoff with jitter, Retry-After honoured; a
-Retry-After longer than the in-process backoff cap ends the quick attempts), and then
-either record success, or re-publish the record to the next retry topic, or to the
-dead-letter topic (permanent failure, or retries exhausted). The outcome is published on
-``kk.deliveries.v1`` with acks=all and only then is the offset committed. A crash anywhere
-before the commit means the record is delivered again with the same idempotency key, which
-the agency recognises: at-least-once on the wire, exactly-once in effect.
+times in process (exponential backoff with jitter, Retry-After honoured; a Retry-After
+longer than the in-process backoff cap ends the quick attempts), and then either record
+success, or re-publish the record to the next retry topic, or to the dead-letter topic
+(permanent failure, or retries exhausted). What follows each call is the pure decision of
+``RetryPolicy`` (``hub/retry_policy.py``); the runner carries it out. The outcome is
+published on ``kk.deliveries.v1`` with acks=all and only then is the offset committed. A
+crash anywhere before the commit means the record is delivered again with the same
+idempotency key, which the agency recognises: at-least-once on the wire, exactly-once in
+effect.
 
 Any other error while handling one record (a mapping that cannot build the payload, an
 agency receipt that fails validation, a bug) dead-letters that record at once with its
@@ -17,29 +19,21 @@ exception's message, which may quote personal data) and records a failed outcome
 record never stops a partition or the consumer.
 
 The Kafka loop (fetch, hold retry partitions until due, pause while the circuit breaker is
-open, commit) is ``hub/connector_loop.py``. Neither ever touches another agency's group.
+open, commit, drain on a rebalance) is ``hub/connector_loop.py``; the runner does not know
+Kafka's consumer at all. Neither ever touches another agency's group.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from aiokafka import ConsumerRebalanceListener
 from pydantic import ValidationError
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
-from tenacity.stop import stop_base
 
 from diasyndesi_sdk.connector import Connector, Delivery, Receipt, idempotency_key
 from hub.breaker import BreakerState, CircuitBreaker
@@ -49,37 +43,13 @@ from hub.events import Event, OutgoingRecord, encode
 from hub.logs import get_logger
 from hub.mapping import Mapping
 from hub.metrics import HubMetrics
+from hub.retry_policy import CallAgain, DeadLetter, Delivered, Reroute, RetryPolicy
 from hub.retry_topics import H_REDRIVE_FOR, RetryState, dlq_topic, reroute, retry_topic
 from hub.settings import RetrySettings
 from hub.supervisor import where
 from schemas.events import TOPIC_DELIVERIES, DeliveryOutcome, ReferralSubmitted
 
 log = get_logger(__name__)
-
-# An agency's Retry-After is honoured in full up to this bound (the last default retry-topic
-# delay). Why a bound at all: the hint is the agency's word, and a broken or hostile one (an
-# HTTP date years ahead, "Retry-After: 99999999") must not park a referral out of sight;
-# and a record waiting on a retry partition holds the records behind it on that partition
-# (the partition is paused until its head is due), so the bound is also the longest that
-# other referrals of the same agency can be held back by one such hint.
-RETRY_AFTER_CAP_S = 3600.0
-
-
-def retry_after_hint(state: RetryCallState) -> float | None:
-    """The agency's Retry-After carried by the last failed attempt, if any."""
-    exc = state.outcome.exception() if state.outcome else None
-    return exc.retry_after_s if isinstance(exc, DeliveryError) else None
-
-
-class stop_when_hint_over(stop_base):  # lower case, like tenacity's own stops
-    """Stop the quick attempts when the agency asks for a longer wait than they allow."""
-
-    def __init__(self, max_s: float) -> None:
-        self.max_s = max_s
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        hint = retry_after_hint(retry_state)
-        return hint is not None and hint > self.max_s
 
 
 @dataclass(frozen=True)
@@ -110,27 +80,6 @@ def validation_summary(exc: ValidationError) -> str:
     return "; ".join(parts)[:200]
 
 
-class DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Before partitions move to another member, wait (bounded) for the batch in flight to
-    finish and be committed, so the new owner does not redo work already done."""
-
-    def __init__(self, runner: ConnectorRunner, timeout_s: float = 30.0) -> None:
-        self.runner = runner
-        self.timeout_s = timeout_s
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        try:
-            await asyncio.wait_for(self.runner.idle.wait(), self.timeout_s)
-        except TimeoutError:
-            log.warning(
-                "rebalance before the batch finished; it will be redelivered",
-                agency=self.runner.agency,
-            )
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        log.info("partitions assigned", agency=self.runner.agency, count=len(assigned))
-
-
 class ConnectorRunner:
     """The hub side of one connector: mapping, retries, dead letters, outcomes, offsets."""
 
@@ -145,19 +94,21 @@ class ConnectorRunner:
         concurrency: int = 32,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
+        """``sleep``, ``clock`` and ``jitter`` (a draw from [0, 1) for the backoff) are
+        injectable for tests."""
         self.connector = connector
         self.agency = connector.agency
         self.mapping = mapping
         self.publisher = publisher
         self.retry = retry
+        self.policy = RetryPolicy.from_settings(retry)
         self.metrics = metrics
         self._limit = asyncio.Semaphore(concurrency)
-        self._backoff = wait_exponential_jitter(
-            multiplier=retry.initial_s, max=retry.max_s, jitter=retry.jitter_s
-        )
         self._sleep = sleep
         self._clock = clock
+        self._jitter = jitter
         self._stopping = asyncio.Event()
         self.idle = asyncio.Event()  # clear while a batch is in flight (DrainOnRevoke)
         self.idle.set()
@@ -205,23 +156,23 @@ class ConnectorRunner:
             payload=payload,
         )
         async with self._limit:
-            result, used = await self._attempt(delivery)
-        attempts = incoming.retry.attempts + used
-        if isinstance(result, Receipt):
-            self.breaker.success()  # the agency answered; what it answered is another matter
-            try:
-                outcome = self._outcome(incoming, attempts, receipt=result)
+            decision, receipt = await self._deliver(delivery, incoming.retry)
+        if isinstance(decision, Delivered):
+            try:  # a connector that returned no Receipt raises here, for handle_safely
+                outcome = self._outcome(incoming, decision.attempts, receipt=receipt)
             except ValidationError as exc:
+                self.breaker.success()  # the agency answered; what it answered is another matter
                 return await self.dead_letter(
                     incoming,
                     "invalid_receipt",
                     f"agency receipt invalid: {validation_summary(exc)}",
-                    attempts=attempts,
+                    attempts=decision.attempts,
                 )
+            self.breaker.success()
         else:
-            if isinstance(result, RetryableError):
+            if isinstance(decision.error, RetryableError):
                 self.breaker.failure()
-            outcome = await self._reroute(incoming, attempts, result)
+            outcome = await self._reroute(incoming, decision)
         await self._record(outcome)
         return outcome
 
@@ -259,7 +210,8 @@ class ConnectorRunner:
         self.metrics.record_errors.labels(self.agency, error_class).inc()
         error = PermanentError(detail, error_class=error_class)
         tried = incoming.retry.attempts if attempts is None else attempts
-        outcome = await self._reroute(incoming, tried, error)
+        decision = self.policy.after_failure(incoming.retry, tried, error, self._clock())
+        outcome = await self._reroute(incoming, decision)
         await self._record(outcome)
         return outcome
 
@@ -270,85 +222,64 @@ class ConnectorRunner:
                 return self.agency in value.decode(errors="replace").split(",")
         return True
 
-    async def _reroute(
-        self, incoming: Incoming, attempts: int, error: DeliveryError
-    ) -> DeliveryOutcome:
+    async def _reroute(self, incoming: Incoming, decision: Reroute | DeadLetter) -> DeliveryOutcome:
         """Send a failed delivery on to the next retry topic or to the dead-letter topic."""
-        now = self._clock()
-        level = incoming.retry.level + 1
-        delays = self.retry.topic_delays_s
-        dead = isinstance(error, PermanentError) or level > len(delays)
-        if dead:
-            topic, due = dlq_topic(self.agency), now
-        else:
-            delay = max(delays[level - 1], min(error.retry_after_s or 0, RETRY_AFTER_CAP_S))
-            topic, due = retry_topic(self.agency, level), now + delay
+        dead = isinstance(decision, DeadLetter)
+        topic = dlq_topic(self.agency) if dead else retry_topic(self.agency, decision.level)
+        error = decision.error
         record = reroute(
             incoming.headers,
             incoming.key,
             incoming.value,
             topic=topic,
-            level=level,
-            attempts=attempts,
+            level=decision.level,
+            attempts=decision.attempts,
             first_failure=incoming.retry.first_failure or datetime.now(UTC),
-            due=due,
+            due=decision.due,
             origin=incoming.retry.origin or incoming.origin,
             error_class=error.error_class,
             error=str(error),
         )
         await self._publish_until_acked(record)
-        self.metrics.rerouted.labels(self.agency, "dlq" if dead else f"retry_{level}").inc()
+        label = "dlq" if dead else f"retry_{decision.level}"
+        self.metrics.rerouted.labels(self.agency, label).inc()
         log.warning(
             "delivery failed; dead-lettered" if dead else "delivery failed; scheduled retry",
             agency=self.agency,
             referral_id=_referral_id(incoming),
             error_class=error.error_class,
-            attempts=attempts,
+            attempts=decision.attempts,
             topic=topic,
         )
-        return self._outcome(incoming, attempts, error=error, dead_lettered=dead)
+        return self._outcome(incoming, decision.attempts, error=error, dead_lettered=dead)
 
-    async def _attempt(self, delivery: Delivery) -> tuple[Receipt | DeliveryError, int]:
-        """The quick in-process attempts: exponential backoff with jitter, honouring an
-        agency's Retry-After when it is longer. A Retry-After beyond ``retry.max_s`` is not
-        slept through here (it would hold a concurrency slot and the whole batch's commit):
-        the attempts stop and ``_reroute`` schedules the record on a retry topic no earlier
-        than the hint. Returns the receipt or the last classified error, and how many calls
-        were made."""
-        policy = AsyncRetrying(
-            retry=retry_if_exception_type(RetryableError),
-            stop=stop_after_attempt(self.retry.attempts) | stop_when_hint_over(self.retry.max_s),
-            wait=self._wait,
-            sleep=self._sleep,
-            reraise=True,
-            before_sleep=self._count_retry,
-        )
-        used = 0
-        try:
-            async for attempt in policy:
-                with attempt:
-                    used = attempt.retry_state.attempt_number
-                    receipt = await self.connector.deliver(delivery)
-        except DeliveryError as exc:
-            return exc, used
-        except Exception as exc:  # a connector broke its contract: retry, and say so
-            log.error(
-                "connector raised a foreign error", agency=self.agency, error=type(exc).__name__
-            )
-            return RetryableError("connector error", error_class="connector_bug"), used
-        return receipt, used
-
-    def _wait(self, state: RetryCallState) -> float:
-        # Never shorter than the agency's hint; a hint beyond max_s stops the attempts
-        # (``stop_when_hint_over``), so nothing longer than max_s is slept here.
-        base = self._backoff(state)
-        hint = retry_after_hint(state)
-        return max(base, hint) if hint else base
-
-    def _count_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        error_class = exc.error_class if isinstance(exc, DeliveryError) else "unknown"
-        self.metrics.delivery_retries.labels(self.agency, error_class).inc()
+    async def _deliver(
+        self, delivery: Delivery, record: RetryState
+    ) -> tuple[Delivered | Reroute | DeadLetter, Receipt | None]:
+        """The quick in-process calls, each followed by the policy's decision: pause and call
+        again, or stop. A Retry-After beyond ``retry.max_s`` is not slept through here (it
+        would hold a concurrency slot and the whole batch's commit): the policy sends the
+        record to a retry topic no earlier than the hint. Returns the final decision and
+        the agency's answer, if it answered."""
+        calls = 0
+        while True:
+            calls += 1
+            failure: Exception | None = None
+            receipt: Receipt | None = None
+            try:
+                receipt = await self.connector.deliver(delivery)
+            except DeliveryError as exc:
+                failure = exc
+            except Exception as exc:  # a connector broke its contract: retry later, and say so
+                log.error(
+                    "connector raised a foreign error", agency=self.agency, error=type(exc).__name__
+                )
+                failure = exc
+            decision = self.policy.after_call(record, calls, failure, self._clock(), self._jitter())
+            if not isinstance(decision, CallAgain):
+                return decision, receipt
+            self.metrics.delivery_retries.labels(self.agency, decision.error.error_class).inc()
+            await self._sleep(decision.after_s)
 
     def _outcome(
         self,

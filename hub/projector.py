@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 from sqlalchemy import exc as sa_exc
 
-from hub.consumers import commit_owned
+from hub.bus import ConsumedRecord, Consumer, KafkaError, TopicPartition, commit_owned
 from hub.db import Database
 from hub.events import Event, PoisonRecord, decode
 from hub.logs import get_logger
@@ -79,7 +76,7 @@ class Projector:
         async with self.db.transaction() as session:
             return await apply_events(session, events, self.metrics)
 
-    async def run(self, consumer: AIOKafkaConsumer, commit_timeout_s: float = 10.0) -> None:
+    async def run(self, consumer: Consumer, commit_timeout_s: float = 10.0) -> None:
         """Apply events in partition order and commit what was applied.
 
         One bad event never stops the projector: poison is skipped, and any unexpected error
@@ -120,7 +117,7 @@ class Projector:
                 backoff = 0.2
 
     async def _apply_whole(
-        self, batches: dict[TopicPartition, list[Any]]
+        self, batches: Mapping[TopicPartition, Sequence[ConsumedRecord]]
     ) -> dict[TopicPartition, int]:
         """The fast path: every event of the fetch in one transaction (poison skipped)."""
         events: list[Event] = []
@@ -141,7 +138,7 @@ class Projector:
         return offsets
 
     async def _apply_each(
-        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]]
+        self, consumer: Consumer, batches: Mapping[TopicPartition, Sequence[ConsumedRecord]]
     ) -> tuple[dict[TopicPartition, int], Exception | None]:
         """The slow path after a batch failed: one transaction per record, skipping the
         record that cannot be applied; an outage stops at its record, to be read again."""
@@ -159,7 +156,7 @@ class Projector:
                 offsets[partition] = record.offset + 1
         return offsets, None
 
-    async def _apply_record(self, record: Any) -> None:
+    async def _apply_record(self, record: ConsumedRecord) -> None:
         """Decode and apply one record; per-record failures are skipped here, outages
         (``is_outage``) propagate to the caller, which retries the record."""
         try:
@@ -183,7 +180,7 @@ class Projector:
             )
 
     async def _commit(
-        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], timeout_s: float
+        self, consumer: Consumer, offsets: dict[TopicPartition, int], timeout_s: float
     ) -> None:
         failed = await commit_owned(consumer, offsets, timeout_s)
         if failed:

@@ -1,13 +1,14 @@
 """The outbox relay: publishes committed outbox records to Kafka in commit order and marks
 them sent once the broker has acknowledged them (acks=all).
 
-If the broker is down the relay waits and tries again; nothing is dropped. It also watches
-the broker: when the hub's topics disappear (the embedded broker restarted and lost
-everything) it re-creates them and re-drives every referral that is not yet terminal.
+If the broker is down the relay waits and tries again; nothing is dropped. Before it
+publishes it runs the check for a broker that lost its data (``BrokerDataLoss`` in
+``hub/consumers.py``, which owns that recovery), so a loss is seen before the backlog lands
+on the new broker.
 
 Any number of relays (one per ``serve``) share one database: each claims the rows it
-publishes, and the jobs that must happen once (recovery after a broker data loss, the
-stale-delivery sweep) are taken under a lease (``hub/leases.py``).
+publishes, and the jobs that must happen once (the stale-delivery sweep here, recovery after
+a broker data loss) are taken under a lease (``hub/leases.py``).
 """
 
 from __future__ import annotations
@@ -15,33 +16,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from hub.bus import (
-    HUB_TOPICS,
-    MARKER_TOPIC,
-    KafkaCluster,
-    KafkaPublisher,
-    ensure_topics,
-    list_topics,
-)
+from hub.bus import KafkaPublisher
+from hub.consumers import BrokerDataLoss
 from hub.db import OUTBOX_CHANNEL, Database, OutboxRow, TimelineRow
 from hub.errors import BrokerError
 from hub.events import OutgoingRecord
 from hub.leases import Leases
 from hub.logs import get_logger
 from hub.metrics import HubMetrics
-from hub.outbox import redrive_stale, redrive_unfinished
+from hub.outbox import redrive_stale
 from schemas.events import REFERRAL_SUBMITTED
 
 log = get_logger(__name__)
 
-RECOVERY_LEASE = "broker-recovery"
 STALE_SWEEP_LEASE = "stale-sweep"
 
 
@@ -52,12 +45,9 @@ class Relay:
         publisher: KafkaPublisher,
         metrics: HubMetrics,
         *,
-        kafka: KafkaCluster,
-        topics: Sequence[str] = (*HUB_TOPICS, MARKER_TOPIC),
+        data_loss: BrokerDataLoss | None = None,
         poll_s: float = 0.05,
         batch: int = 200,
-        topic_check_s: float = 5.0,
-        on_data_loss: Callable[[], Awaitable[None]] | None = None,
         stale_after_s: float | None = None,
         stale_check_s: float = 15.0,
         claim_s: float = 30.0,
@@ -66,12 +56,9 @@ class Relay:
         self.db = db
         self.publisher = publisher
         self.metrics = metrics
-        self.kafka = kafka
-        self.topics = list(topics)
+        self.data_loss = data_loss
         self.poll_s = poll_s
         self.batch = batch
-        self.topic_check_s = topic_check_s
-        self.on_data_loss = on_data_loss
         self.stale_after_s = stale_after_s
         self.stale_check_s = stale_check_s
         self._last_stale_check = time.monotonic()
@@ -80,10 +67,8 @@ class Relay:
         self.holder = self.leases.holder
         self._backlog = 0
         self._last_backlog_count = 0.0
-        self._recovery_generation: int | None = None
         self.wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._last_topic_check = 0.0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -99,13 +84,15 @@ class Relay:
         try:
             while not self._stopping.is_set():
                 try:
-                    await self._maybe_check_topics()
+                    if self.data_loss is not None:
+                        await self.data_loss.check()
                     await self._maybe_redrive_stale()
                     sent = await self.publish_pending()
                     backoff = 0.2
                 except BrokerError as exc:
                     log.warning("relay cannot reach the broker", error=str(exc), retry_in_s=backoff)
-                    self._last_topic_check = 0.0  # check the marker before the next publish
+                    if self.data_loss is not None:
+                        self.data_loss.check_soon()
                     await self._sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
@@ -273,41 +260,3 @@ class Relay:
         if requeued:
             self.metrics.redriven_stale.inc(requeued)
             log.warning("re-driving referrals with no outcome", records=requeued)
-
-    async def _maybe_check_topics(self) -> None:
-        if time.monotonic() - self._last_topic_check < self.topic_check_s:
-            return
-        self._last_topic_check = time.monotonic()
-        # Producers auto-create topics they write to, so the hub's own topics reappearing
-        # proves nothing; the marker topic is never written, so only the hub re-creates it.
-        if MARKER_TOPIC in await list_topics(self.kafka):
-            await self._follow_recovery()
-            return
-        # A new broker, or one that lost its data. One relay recovers (whichever holds the
-        # lease); it checks again under the lease, since another may just have finished.
-        if not await self.leases.acquire(RECOVERY_LEASE, ttl_s=60.0):
-            return
-        try:
-            if MARKER_TOPIC in await list_topics(self.kafka):
-                return
-            log.warning("broker has no marker topic (new or lost its data); re-driving")
-            await ensure_topics(self.kafka, self.topics)
-            requeued = await redrive_unfinished(self.db)
-            log.info("re-drive queued", records=requeued)
-            self._recovery_generation = await self.leases.bump(RECOVERY_LEASE)
-        finally:
-            await self.leases.release(RECOVERY_LEASE)
-        if self.on_data_loss is not None:
-            await self.on_data_loss()
-
-    async def _follow_recovery(self) -> None:
-        """Another process recovered from a broker data loss: rewind this one's consumers."""
-        generation = await self.leases.generation(RECOVERY_LEASE)
-        if self._recovery_generation is None:
-            self._recovery_generation = generation  # what had happened before this start
-            return
-        if generation != self._recovery_generation:
-            self._recovery_generation = generation
-            log.warning("another relay recovered from a broker data loss; rewinding")
-            if self.on_data_loss is not None:
-                await self.on_data_loss()

@@ -1,7 +1,8 @@
-"""Process composition: the hub (API, relay, projector, connector runners) as ``serve`` and
-``worker`` run it, each long-running task supervised; and ``Embedded``, the same pieces plus
-the broker and the sandbox agencies in one process, for the integration tests and the
-benchmark. ``diasyndesi up`` runs them as separate processes instead (``hub/up.py``).
+"""Process composition: which long-running tasks a hub process runs (API, relay, projector,
+connector runners, status pollers), over one database and one broker, each supervised;
+``serve`` and ``worker`` build their ``Hub`` here. The development wiring around a hub (the
+embedded broker, sandboxes, dev credentials) is ``hub/embedded.py``; ``diasyndesi up`` runs
+the pieces as separate processes (``hub/up.py``).
 """
 
 from __future__ import annotations
@@ -10,22 +11,21 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from diasyndesi_sdk.connector import Connector, PollsStatus
 from hub.api.app import create_app
 from hub.api.deps import HubState
 from hub.api.health import Probe, Readiness, broker_probe, create_health_app, database_probe
-from hub.broker import EmbeddedBroker
-from hub.bus import HUB_TOPICS, MARKER_TOPIC, KafkaCluster, KafkaPublisher, ensure_topics
-from hub.connector_loop import ConnectorLoop
-from hub.connector_runner import ConnectorRunner, DrainOnRevoke
-from hub.consumers import Consumers
+from hub.bus import HUB_TOPICS, KafkaCluster, KafkaPublisher, ensure_topics
+from hub.connector_loop import ConnectorLoop, DrainOnRevoke
+from hub.connector_runner import ConnectorRunner
+from hub.consumers import BrokerDataLoss, Consumers
 from hub.db import Database
-from hub.errors import BrokerError, ConfigurationError
+from hub.errors import BrokerError
+from hub.families import check_registry_families
 from hub.leases import Leases
 from hub.logs import get_logger
-from hub.mapping import Mapping, load_mapping
+from hub.mapping_policy import load_mappings
 from hub.metrics import HubMetrics
 from hub.poller import StatusPoller
 from hub.projector import Projector
@@ -34,35 +34,11 @@ from hub.relay import Relay
 from hub.retry_topics import connector_topics
 from hub.schema import ensure_schema
 from hub.servers import RunningServer, start_server
-from hub.settings import AgencyConnection, Settings
+from hub.settings import Settings
 from hub.supervisor import Supervisor
 from schemas.events import TOPIC_DELIVERIES, TOPIC_REFERRALS, TOPIC_STATUS
 
-if TYPE_CHECKING:
-    from hub.sandboxes import Sandboxes
-
 log = get_logger(__name__)
-
-
-def load_mappings(settings: Settings, registry: Registry) -> dict[str, Mapping]:
-    """Validate every active agency's mapping; a bad one stops the start. Beyond the
-    minimisation rules, an agency's programme code list may name only its own programmes
-    (a programme code can itself be health data, e.g. DISABILITY_DAY_CARE)."""
-    mappings = {}
-    for agency in registry.active_agencies:
-        path = settings.mappings_dir / agency.mapping
-        mapping = load_mapping(path, agency.id, agency.family)
-        own = {p.value for p in agency.programmes}
-        for index, rule in enumerate(mapping.fields):
-            if rule.source == "programmes" and rule.codes:
-                foreign = sorted(set(mapping.codes[rule.codes]) - own)
-                if foreign:
-                    raise ConfigurationError(
-                        f"{path}: fields.{index} ({rule.to}): code list {rule.codes!r} "
-                        f"names programmes {foreign} that {agency.id} does not handle"
-                    )
-        mappings[agency.id] = mapping
-    return mappings
 
 
 class Hub:
@@ -87,6 +63,7 @@ class Hub:
         self.kafka = KafkaCluster.from_settings(settings, bootstrap)
         self.metrics = HubMetrics()
         self.registry = Registry.load(settings.registry_dir)
+        check_registry_families(self.registry)  # every active agency's family is installed
         self.mappings = load_mappings(settings, self.registry)
         wanted = list(self.mappings) if connectors is None else list(connectors)
         self.connector_ids = wanted
@@ -97,11 +74,8 @@ class Hub:
         self.db = Database(settings.database)
         self.publisher = KafkaPublisher(self.kafka, settings.producer, client_id="diasyndesi-hub")
         levels = len(settings.retry.topic_delays_s)
-        # Only the relay's process creates the marker: a worker (re)started after the broker
-        # lost its data must not re-create it before the relay has seen it gone and re-driven.
         self.topics = [
             *HUB_TOPICS,
-            *([MARKER_TOPIC] if run_relay else []),
             *(t for agency in self.mappings for t in connector_topics(agency, levels)),
         ]
         self.supervisor = Supervisor(
@@ -110,16 +84,24 @@ class Hub:
             max_s=settings.task_restart_max_s,
         )
         self.consumers = Consumers(self.kafka, settings.consumer, self.supervisor)
+        leases = Leases(self.db)
+        # Only the relay's process looks for a broker data loss (hub/consumers.py).
+        self.data_loss = (
+            BrokerDataLoss(
+                self.db, self.kafka, self.topics, rewind=self.consumers.rewind_all, leases=leases
+            )
+            if run_relay
+            else None
+        )
         self.relay = Relay(
             self.db,
             self.publisher,
             self.metrics,
-            kafka=self.kafka,
-            topics=self.topics,
+            data_loss=self.data_loss,
             poll_s=settings.relay_poll_s,
             batch=settings.relay_batch,
-            on_data_loss=self.consumers.rewind_all,
             stale_after_s=settings.redrive_stale_after_s,
+            leases=leases,
         )
         self.projector = Projector(self.db, self.metrics)
         self.runners: dict[str, ConnectorRunner] = {}
@@ -225,11 +207,9 @@ class Hub:
         self._polls_status = bool(polled)
         await self._check_database()
         try:
-            # Not the marker topic: the relay creates it when it finds the broker new or
-            # emptied, and re-drives what is unfinished then (hub/relay.py).
-            await ensure_topics(
-                self.kafka, [t for t in self.topics if t != MARKER_TOPIC], timeout_s=10
-            )
+            # Not the marker topic: BrokerDataLoss creates it when it finds the broker new or
+            # emptied, and re-drives what is unfinished then (hub/consumers.py).
+            await ensure_topics(self.kafka, self.topics, timeout_s=10)
         except BrokerError as exc:
             log.warning("broker not reachable at start; will keep trying", error=str(exc))
         if self.serve_api:
@@ -355,75 +335,3 @@ class Hub:
             if server is not None:
                 await server.stop()
         await self.db.dispose()
-
-
-def _merge_connections(
-    sandboxes: dict[str, AgencyConnection], settings: Settings
-) -> dict[str, AgencyConnection]:
-    """Sandbox connections, overridden field by field by what the operator set, so e.g. only
-    ``AGENCIES__DYPA__BASE_URL`` can point ΔΥΠΑ through a fault proxy and keep its secret."""
-    merged = dict(sandboxes)
-    for agency, configured in settings.agencies.items():
-        base = merged.get(agency)
-        merged[agency] = (
-            base.model_copy(update=configured.model_dump(exclude_unset=True))
-            if base is not None
-            else configured
-        )
-    return merged
-
-
-class Embedded:
-    """Broker, sandboxes and hub with dev credentials in one process: what ``make run``
-    starts as a process tree, composed in-process for the integration tests and benchmarks."""
-
-    def __init__(self, settings: Settings) -> None:
-        if "session_timeout_ms" not in settings.consumer.model_fields_set:
-            # Tansu finishes a group join after half the session timeout: keep it short here.
-            consumer = settings.consumer.model_copy(
-                update={"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
-            )
-            settings = settings.model_copy(update={"consumer": consumer})
-        if "status_poll_s" not in settings.model_fields_set:
-            settings = settings.model_copy(update={"status_poll_s": 2.0})  # sandboxes are local
-        self.settings = settings
-        self.broker = EmbeddedBroker(settings.embedded_broker_port)
-        self.sandboxes: Sandboxes | None = None
-        self.hub: Hub | None = None
-        self.credentials: dict[str, dict[str, str]] = {}
-
-    @property
-    def credentials_path(self) -> str:
-        return str(self.settings.var_dir / "dev-credentials.json")
-
-    async def start(self) -> None:
-        from hub.auth import ensure_dev_credentials
-        from hub.sandboxes import start_sandboxes
-
-        self.settings.var_dir.mkdir(parents=True, exist_ok=True)
-        await self.broker.astart()
-        await ensure_topics(
-            KafkaCluster.from_settings(self.settings, self.broker.bootstrap_servers), HUB_TOPICS
-        )
-        registry = Registry.load(self.settings.registry_dir)
-        db = Database(self.settings.database)
-        await ensure_schema(db, migrate=True)
-        self.credentials = await ensure_dev_credentials(
-            db, registry, self.settings.var_dir / "dev-credentials.json"
-        )
-        await db.dispose()
-        self.sandboxes = await start_sandboxes(
-            self.settings, self.settings.api_url, self.credentials["agencies"]
-        )
-        settings = self.settings.model_copy(
-            update={"agencies": _merge_connections(self.sandboxes.connections, self.settings)}
-        )
-        self.hub = Hub(settings, self.broker.bootstrap_servers)
-        await self.hub.start()
-
-    async def stop(self) -> None:
-        if self.hub is not None:
-            await self.hub.stop()
-        if self.sandboxes is not None:
-            await self.sandboxes.stop()
-        await self.broker.astop()

@@ -92,9 +92,9 @@ class ConsumerSettings(BaseModel):
 
 
 class RetrySettings(BaseModel):
-    """The one retry policy the hub applies to every connector: a few quick in-process
-    attempts (tenacity, exponential backoff with jitter, Retry-After honoured), then the
-    retry topics with these delays, then the dead-letter topic; and a circuit breaker."""
+    """The one retry policy the hub applies to every connector (``hub/retry_policy.py``): a
+    few quick in-process attempts (exponential backoff with jitter, Retry-After honoured),
+    then the retry topics with these delays, then the dead-letter topic; a circuit breaker."""
 
     attempts: int = Field(default=5, ge=1, le=50)
     initial_s: float = Field(default=0.2, gt=0)

@@ -15,9 +15,10 @@ import pytest
 
 from diasyndesi_sdk.connector import KEEPALIVE_S
 from hub.broker import free_port
+from hub.embedded import Embedded
 from hub.families import family_spec
 from hub.registry import Registry
-from hub.runtime import Embedded, Hub
+from hub.runtime import Hub
 from hub.settings import ConsumerSettings, RetrySettings, Settings
 from tests.databases import fresh_database_url
 

@@ -6,14 +6,18 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import pytest
+
 from diasyndesi_sdk.connector import Connector, Delivery, Receipt, idempotency_key
 from hub.breaker import BreakerState
 from hub.bus import MemoryPublisher
-from hub.connector_runner import RETRY_AFTER_CAP_S, ConnectorRunner, DrainOnRevoke, Incoming
+from hub.connector_loop import DrainOnRevoke
+from hub.connector_runner import ConnectorRunner, Incoming
 from hub.errors import PermanentError, RetryableError
 from hub.events import Event, OutgoingRecord, decode, encode
 from hub.mapping import load_mapping
 from hub.metrics import HubMetrics
+from hub.retry_policy import RETRY_AFTER_CAP_S
 from hub.retry_topics import (
     H_ERROR_CLASS,
     H_LEVEL,
@@ -305,6 +309,30 @@ def runner_with_sleeps(
     hub_runner = ConnectorRunner(connector, mapping, publisher, retry, HubMetrics(), sleep=sleep)
     hub_runner._clock = lambda: 1000.0  # type: ignore[method-assign]
     return hub_runner, publisher, connector, slept
+
+
+async def test_each_pause_adds_the_runners_jitter_draw() -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    draws = iter([0.5, 0.25, 0.0])  # one per call
+    connector = ScriptedConnector([RetryableError("x", error_class="http_503") for _ in range(2)])
+    mapping = load_mapping(MAPPINGS / "dypa.yaml", "dypa")
+    retry = RetrySettings(attempts=3, initial_s=0.2, max_s=5.0, jitter_s=0.2)
+    hub_runner = ConnectorRunner(
+        connector,
+        mapping,
+        MemoryPublisher(),
+        retry,
+        HubMetrics(),
+        sleep=sleep,
+        jitter=draws.__next__,
+    )
+    outcome = await hub_runner.handle(incoming())
+    assert outcome is not None and outcome.succeeded
+    assert slept == pytest.approx([0.2 + 0.5 * 0.2, 0.4 + 0.25 * 0.2])
 
 
 async def test_a_short_retry_after_is_waited_out_in_process() -> None:

@@ -14,9 +14,9 @@ import yaml
 from typer.testing import CliRunner
 
 from hub.cli import app
+from hub.embedded import _merge_connections
 from hub.errors import ConfigurationError
 from hub.registry import Registry
-from hub.runtime import _merge_connections
 from hub.settings import AgencyConnection, Settings, load_settings, packaged_dir
 
 PRODUCTION = {

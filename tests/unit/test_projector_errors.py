@@ -6,27 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
+from hub.bus import MemoryBus, MemoryConsumer, MemoryPublisher, TopicPartition
 from hub.db import Database
-from hub.events import Event, decode, encode
+from hub.events import Event, OutgoingRecord, decode, encode
 from hub.metrics import HubMetrics
 from hub.projector import Projector, is_outage
-from schemas.events import TOPIC_DELIVERIES, DeliveryOutcome
+from schemas.events import TOPIC_DELIVERIES, TOPIC_STATUS, DeliveryOutcome
 from tests.databases import POSTGRES, migrated_database_url
-from tests.kafka_records import Record
+from tests.memory_kafka import stop_when_committed
 
 TP = TopicPartition(TOPIC_DELIVERIES, 0)
 
 
-def outcome_record(offset: int) -> Record:
+def outcome_record(offset: int) -> OutgoingRecord:
     outcome = DeliveryOutcome(
         referral_id=f"00000000-0000-4000-8000-{offset:012d}",
         agency="dypa",
@@ -36,39 +38,24 @@ def outcome_record(offset: int) -> Record:
         occurred_at=datetime.now(UTC),
         submitted_event_id=f"event-{offset}",
     )
-    out = encode(TOPIC_DELIVERIES, outcome.event_type, outcome, key=outcome.referral_id)
-    return Record(TP.topic, TP.partition, offset, out.key, out.value, out.headers)
+    return encode(TOPIC_DELIVERIES, outcome.event_type, outcome, key=outcome.referral_id)
 
 
-class ScriptedConsumer:
-    """getmany / seek / commit / assignment over one partition, honouring seeks."""
+def event_id(record: OutgoingRecord) -> str:
+    return dict(record.headers)["ce_id"].decode()
 
-    def __init__(self, records: list[Record], projector: Projector) -> None:
-        self.records = records
-        self.projector = projector
-        self.next = 0
-        self.committed: list[int] = []
-        self.fetches = 0
 
-    def assignment(self) -> set[TopicPartition]:
-        return {TP}
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.next = offset
-
-    async def getmany(self, timeout_ms: int = 0) -> dict[TopicPartition, list[Record]]:
-        self.fetches += 1
-        batch = self.records[self.next :]
-        self.next = len(self.records)
-        if not batch:
-            await asyncio.sleep(0.01)
-            return {}
-        return {TP: batch}
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.committed.append(offsets[TP])
-        if offsets[TP] == len(self.records):
-            self.projector.stop()  # all applied: end the run
+async def consumer_of(
+    records: list[OutgoingRecord], bus: MemoryBus | None = None
+) -> MemoryConsumer:
+    """A started consumer of the projector's topics, ``records`` published before it."""
+    bus = bus or MemoryBus()
+    publisher = MemoryPublisher(bus)
+    for record in records:
+        await publisher.publish(record)
+    consumer = MemoryConsumer(bus, [TOPIC_DELIVERIES, TOPIC_STATUS], group_id="projector")
+    await consumer.start()
+    return consumer
 
 
 def install(projector: Projector, apply: Callable[[Event], Awaitable[bool]], applied: list[str]):
@@ -102,11 +89,12 @@ async def test_an_event_that_cannot_be_applied_is_skipped_and_counted(tmp_path: 
 
     install(projector, apply, applied)
     records = [outcome_record(n) for n in range(3)]
-    bad_id = dict(records[1].headers)["ce_id"].decode()
-    consumer = ScriptedConsumer(records, projector)
-    await asyncio.wait_for(projector.run(consumer), 10)  # type: ignore[arg-type]
+    bad_id = event_id(records[1])
+    consumer = await consumer_of(records)
+    stop_when_committed(consumer, projector.stop, {TP: 3})
+    await asyncio.wait_for(projector.run(consumer), 10)
     assert len(applied) == 2 and bad_id not in applied
-    assert consumer.committed == [3]  # the partition moved on past the bad event
+    assert consumer.commits == [{TP: 3}]  # the partition moved on past the bad event
     skipped = metrics.registry.get_sample_value(
         "diasyndesi_record_errors_total",
         {"consumer": "projector", "error_class": "unexpected:KeyError"},
@@ -128,14 +116,93 @@ async def test_a_database_outage_is_retried_not_skipped(tmp_path: Path) -> None:
 
     install(projector, apply, applied)
     records = [outcome_record(n) for n in range(3)]
-    second = dict(records[1].headers)["ce_id"].decode()
-    consumer = ScriptedConsumer(records, projector)
-    await asyncio.wait_for(projector.run(consumer), 10)  # type: ignore[arg-type]
-    assert applied == [dict(r.headers)["ce_id"].decode() for r in records]  # none lost
+    second = event_id(records[1])
+    consumer = await consumer_of(records)
+    stop_when_committed(consumer, projector.stop, {TP: 3})
+    await asyncio.wait_for(projector.run(consumer), 10)
+    assert applied == [event_id(r) for r in records]  # none lost
     # A fetch is applied in one transaction: nothing is committed while the database is
     # away (the fetch is read again), everything once it is back.
-    assert consumer.committed == [3]
+    assert consumer.commits == [{TP: 3}]
     assert consumer.fetches >= 3  # kept polling (and heartbeating) while it waited
+
+
+def outcome_in_partition(partition: int, start: int, partitions: int = 2) -> OutgoingRecord:
+    """The first outcome from ``start`` on whose key lands in ``partition``."""
+    n = start
+    while zlib.crc32(outcome_record(n).key) % partitions != partition:
+        n += 1
+    return outcome_record(n)
+
+
+async def test_poison_is_skipped_counted_and_committed_with_the_batch(tmp_path: Path) -> None:
+    metrics = HubMetrics()
+    projector = Projector(Database(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"), metrics)
+    applied: list[str] = []
+
+    async def apply(event: Event) -> bool:
+        applied.append(event.id)
+        return True
+
+    install(projector, apply, applied)
+    poison = OutgoingRecord(topic=TOPIC_DELIVERIES, key=b"x", headers=[], value=b"{not an event")
+    records = [outcome_record(0), poison, outcome_record(2)]
+    consumer = await consumer_of(records)
+    stop_when_committed(consumer, projector.stop, {TP: 3})
+    await asyncio.wait_for(projector.run(consumer), 10)
+    assert applied == [event_id(records[0]), event_id(records[2])]
+    assert consumer.commits == [{TP: 3}]
+    poisoned = metrics.registry.get_sample_value(
+        "diasyndesi_poison_records_total", {"consumer": "projector"}
+    )
+    assert poisoned == 1.0
+
+
+async def test_an_outage_one_by_one_reads_again_every_partition_not_yet_applied(
+    tmp_path: Path,
+) -> None:
+    """A batch that failed for one bad event is applied one event at a time; when the
+    database goes away half way, the partition in hand AND the partitions not reached yet
+    are read again, so nothing after the bad event is lost."""
+    projector = Projector(Database(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"), HubMetrics())
+    first = [outcome_in_partition(0, 0), outcome_in_partition(0, 100)]
+    second = [outcome_in_partition(1, 200), outcome_in_partition(1, 300)]
+    bad, unlucky = event_id(first[0]), event_id(first[1])
+    applied: list[str] = []
+    outage = {"left": 1}
+
+    async def apply(event: Event) -> bool:
+        if event.id == bad:
+            raise KeyError("Παπαδοπούλου")
+        if event.id == unlucky and outage["left"]:
+            outage["left"] -= 1
+            raise OperationalError("UPDATE deliveries", {}, Exception("database is locked"))
+        applied.append(event.id)
+        return True
+
+    install(projector, apply, applied)
+    consumer = await consumer_of([*first, *second], MemoryBus(partitions=2))
+    p0, p1 = TopicPartition(TOPIC_DELIVERIES, 0), TopicPartition(TOPIC_DELIVERIES, 1)
+    stop_when_committed(consumer, projector.stop, {p0: 2, p1: 2})
+    await asyncio.wait_for(projector.run(consumer), 10)
+    assert applied == [unlucky, *(event_id(r) for r in second)]
+    assert consumer.commits == [{p0: 1}, {p0: 2, p1: 2}]
+
+
+async def test_a_failed_fetch_is_waited_out(tmp_path: Path) -> None:
+    projector = Projector(Database(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"), HubMetrics())
+    applied: list[str] = []
+
+    async def apply(event: Event) -> bool:
+        applied.append(event.id)
+        return True
+
+    install(projector, apply, applied)
+    consumer = await consumer_of([outcome_record(0)])
+    consumer.fetch_errors.append(KafkaConnectionError())
+    stop_when_committed(consumer, projector.stop, {TP: 1})
+    await asyncio.wait_for(projector.run(consumer), 10)
+    assert len(applied) == 1 and consumer.fetches >= 2
 
 
 class DriverError(Exception):
@@ -179,5 +246,5 @@ async def test_postgres_refusing_new_connections_is_an_outage(tmp_path: Path) ->
         await admin.dispose()
 
 
-def decode_record(record: Record) -> Event:
+def decode_record(record: OutgoingRecord) -> Event:
     return decode(record.headers, record.key, record.value)

@@ -1,5 +1,5 @@
 """One bad record never stops a consumer. The connector runner in its real Kafka loop
-(``ConnectorLoop``) over a scripted consumer: a mapping that raises ValueError, an agency
+(``ConnectorLoop``) over the in-memory consumer: a mapping that raises ValueError, an agency
 answering with a 65-character reference, and a connector breaking its contract are each
 dead-lettered with an error class (and without the data the error quoted), the failed
 outcome is published, the next record is delivered, and every offset is committed."""
@@ -11,13 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiokafka import TopicPartition
-
 from diasyndesi_sdk.connector import Connector, Delivery, Receipt
-from hub.bus import MemoryPublisher
+from hub.bus import MemoryBus, MemoryConsumer, MemoryPublisher, TopicPartition
 from hub.connector_loop import ConnectorLoop
 from hub.connector_runner import ConnectorRunner
-from hub.events import decode, encode
+from hub.events import OutgoingRecord, decode, encode
 from hub.mapping import Mapping, load_mapping
 from hub.metrics import HubMetrics
 from hub.retry_topics import H_ERROR, H_ERROR_CLASS, dlq_topic
@@ -31,7 +29,7 @@ from schemas.events import (
     ReferralSubmitted,
 )
 from schemas.referral import Referral
-from tests.kafka_records import Record
+from tests.memory_kafka import stop_when_committed
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD_MAPPING = "00000000-0000-4000-8000-000000000001"
@@ -41,57 +39,17 @@ GOOD = "00000000-0000-4000-8000-000000000004"
 TP = TopicPartition(TOPIC_REFERRALS, 0)
 
 
-def referral_record(referral_id: str, offset: int) -> Record:
+def referral_record(referral_id: str, seed: int) -> OutgoingRecord:
     referral = Referral(
-        **sample_referral(seed=offset, programmes=["UNEMPLOYMENT_REGISTRATION"]),
+        **sample_referral(seed=seed, programmes=["UNEMPLOYMENT_REGISTRATION"]),
         id=referral_id,
         created_at=datetime(2026, 11, 20, 9, 30, tzinfo=UTC),
         municipality="kozani",
         routed=["dypa"],
     )
-    out = encode(
+    return encode(
         TOPIC_REFERRALS, REFERRAL_SUBMITTED, ReferralSubmitted(referral=referral), key=referral_id
     )
-    return Record(TP.topic, TP.partition, offset, out.key, out.value, out.headers)
-
-
-class ScriptedConsumer:
-    """What ``ConnectorRunner.run`` uses of an aiokafka consumer, over one partition."""
-
-    def __init__(self, records: list[Record], on_done: Any) -> None:
-        self.records = records
-        self.next = 0
-        self.committed: dict[TopicPartition, int] = {}
-        self.on_done = on_done
-
-    def assignment(self) -> set[TopicPartition]:
-        return {TP}
-
-    def pause(self, *_: TopicPartition) -> None: ...
-
-    def resume(self, *_: TopicPartition) -> None: ...
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.next = offset
-
-    def highwater(self, _: TopicPartition) -> int:
-        return len(self.records)
-
-    async def position(self, _: TopicPartition) -> int:
-        return self.next
-
-    async def getmany(self, timeout_ms: int = 0) -> dict[TopicPartition, list[Record]]:
-        batch = self.records[self.next :]
-        self.next = len(self.records)
-        if not batch:
-            await asyncio.sleep(timeout_ms / 1000)
-            return {}
-        return {TP: batch}
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.committed.update(offsets)
-        if offsets.get(TP) == len(self.records):
-            self.on_done()
 
 
 class PickyMapping:
@@ -130,19 +88,21 @@ class Agency(Connector):
 
 async def test_bad_records_are_dead_lettered_and_the_consumer_goes_on() -> None:
     agency = Agency()
-    publisher = MemoryPublisher()
+    bus = MemoryBus()
+    publisher = MemoryPublisher(bus)
     metrics = HubMetrics()
     mapping = load_mapping(ROOT / "mappings" / "dypa.yaml", "dypa")
     retry = RetrySettings(attempts=1, initial_s=0.001, max_s=0.01, jitter_s=0)
     runner = ConnectorRunner(agency, PickyMapping(mapping), publisher, retry, metrics)  # type: ignore[arg-type]
-    records = [
-        referral_record(referral_id, offset)
-        for offset, referral_id in enumerate([BAD_MAPPING, LONG_REFERENCE, CONTRACT_BROKEN, GOOD])
-    ]
-    consumer = ScriptedConsumer(records, on_done=runner.stop)
-    await asyncio.wait_for(ConnectorLoop(runner).run(consumer), 5)  # type: ignore[arg-type]
+    centre = MemoryPublisher(bus)  # the relay's side: what the runner reads
+    for seed, referral_id in enumerate([BAD_MAPPING, LONG_REFERENCE, CONTRACT_BROKEN, GOOD]):
+        await centre.publish(referral_record(referral_id, seed))
+    consumer = MemoryConsumer(bus, [TOPIC_REFERRALS], group_id="diasyndesi.connector.dypa")
+    await consumer.start()
+    stop_when_committed(consumer, runner.stop, {TP: 4})
+    await asyncio.wait_for(ConnectorLoop(runner).run(consumer), 5)
 
-    assert consumer.committed == {TP: 4}, "every record committed: nothing stuck"
+    assert bus.committed[consumer.group_id] == {TP: 4}, "every record committed: nothing stuck"
     assert agency.calls == [LONG_REFERENCE, CONTRACT_BROKEN, GOOD]  # no call without a payload
     outcomes: dict[str, DeliveryOutcome] = {}
     for record in publisher.records:

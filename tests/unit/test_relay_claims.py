@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from hub.bus import KafkaCluster
 from hub.db import Database, OutboxRow
 from hub.events import OutgoingRecord
 from hub.leases import Leases
@@ -67,7 +66,7 @@ async def add_rows(db: Database, count: int) -> None:
 
 
 def relay(db: Database, bus: Any, **kwargs: Any) -> Relay:
-    return Relay(db, bus, HubMetrics(), kafka=KafkaCluster("127.0.0.1:1"), batch=25, **kwargs)
+    return Relay(db, bus, HubMetrics(), batch=25, **kwargs)
 
 
 async def drain(relay: Relay) -> None:

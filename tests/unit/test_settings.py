@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from connectors.sandbox_kit import FaultKnobs
-from hub.runtime import _merge_connections
+from hub.embedded import _merge_connections
 from hub.settings import AgencyConnection, Settings
 
 
