@@ -12,22 +12,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+from hub.registry import Registry
+from hub.sandboxes import agency_env, sandbox_families
+from hub.settings import Settings, packaged_dir
 from tests.databases import POSTGRES, fresh_database_url
 from tests.faults.harness import DIASYNDESI, ROOT, Ports, ReplacementBroker, pid_alive
 
-AGENCY_IDS = (
-    "opeka",
-    "dypa",
-    "kozani-social-grocery",
-    "kozani-social-service",
-    "karpenisi-social-service",
-)
+AGENCY_IDS = tuple(a.id for a in Registry.load(packaged_dir("registry")).active_agencies)
 
 
 class Service:
@@ -127,9 +123,10 @@ class SplitHub:
         # PostgreSQL under `make test-postgres`, else the shared SQLite file under VAR_DIR.
         self.database_url = fresh_database_url(var_dir) if POSTGRES else ""
         self.broker = ReplacementBroker(ports.broker)
-        self.secrets = {agency: secrets.token_urlsafe(24) for agency in AGENCY_IDS}
-        self.secrets["kozani-social-service"] = _webhook_secret()
-        self.secrets["karpenisi-social-service"] = _webhook_secret()
+        # What the README's walkthrough has the operator export, made once for every
+        # process: secrets, URLs, certificate paths (as `up` makes them, hub/sandboxes.py).
+        settings = Settings(var_dir=var_dir, sandbox_port_base=0)
+        self.agency_env = agency_env(settings, sandbox_families(settings), ports.by_family())
         self.serve = Service("serve", ["serve"], self.env(), log_dir, "Diasyndesi API ready")
         self.serves = [self.serve]
         if serves > 1:
@@ -158,11 +155,7 @@ class SplitHub:
             CONSUMER__HEARTBEAT_INTERVAL_MS="1000",
             STATUS_POLL_S="2",
             OBSERVABILITY_PORT="0",  # several workers on one machine: each its own free port
-            SANDBOX_PORT_BASE="0",  # families without a port below: any free one
-            SANDBOX_PORTS__BENEFITS_AGENCY=str(self.ports.benefits),
-            SANDBOX_PORTS__EMPLOYMENT_SERVICE=str(self.ports.employment),
-            SANDBOX_PORTS__SOCIAL_GROCERY=str(self.ports.grocery),
-            SANDBOX_PORTS__MUNICIPAL_SOCIAL_SERVICE=str(self.ports.municipal),
+            **self.ports.env(),
             SANDBOX_DECISION_DELAY_S="0.5",
             SANDBOX_OPTIONS__SOCIAL_GROCERY__CAPACITY="100000",
             LOG_LEVEL="WARNING",
@@ -170,13 +163,7 @@ class SplitHub:
         )
         if self.database_url:
             env["DATABASE_URL"] = self.database_url
-        for agency in AGENCY_IDS:
-            key = f"AGENCIES__{agency.upper().replace('-', '_')}"
-            env[f"{key}__SECRET"] = self.secrets[agency]
-            if agency in ("opeka", "dypa"):
-                env[f"{key}__USERNAME"] = "diasyndesi"
-            soap = "/soap" if agency == "opeka" else ""
-            env[f"{key}__BASE_URL"] = self.ports.sandbox_url(agency) + soap
+        env.update(self.agency_env)
         return env
 
     def start(self, workers: int = 1) -> None:
@@ -225,9 +212,3 @@ class SplitHub:
 
     def alive(self) -> list[str]:
         return [s.name for s in (*self.serves, self.sandbox, *self.workers) if pid_alive(s.pid)]
-
-
-def _webhook_secret() -> str:
-    from diasyndesi_sdk.webhooks import new_secret
-
-    return new_secret()

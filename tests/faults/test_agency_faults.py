@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from hub.events import SOURCE
 from hub.samples import sample_referral
 from schemas.events import REFERRAL_SUBMITTED, TOPIC_DELIVERIES, TOPIC_REFERRALS
-from tests.faults.harness import FOUR_FAMILIES, Client, HubProcess, Ports, drain_and_reconcile
+from tests.faults.harness import EVERY_FAMILY, Client, HubProcess, Ports, drain_and_reconcile
 from tests.faults.proxy import FaultProxy
 from tests.faults.test_scenarios import check
 
@@ -251,7 +251,7 @@ def personal_data(seeds: range) -> set[str]:
     """Identifiers of the synthetic citizens: AMKA, AFM and phone number."""
     found = set()
     for seed in seeds:
-        person = sample_referral(seed=seed, programmes=FOUR_FAMILIES)["beneficiary"]
+        person = sample_referral(seed=seed, programmes=EVERY_FAMILY)["beneficiary"]
         found |= {person["identifier"]["value"], person["afm"], person["phone"]}
     return found
 
