@@ -74,7 +74,6 @@ def up() -> None:
     """Production in miniature on embedded defaults: the broker, `serve`, the workers and
     the sandbox agencies, each a supervised child process (restarted if it dies); SQLite
     under ./var. Ctrl+C stops them all."""
-    from hub.registry import Registry
     from hub.up import run_up
 
     settings = _settings()
@@ -85,7 +84,13 @@ def up() -> None:
             err=True,
         )
         raise typer.Exit(2)
-    agencies = [a.id for a in Registry.load(settings.registry_dir).active_agencies]
+    from hub.families import load_registry
+
+    try:
+        agencies = [a.id for a in load_registry(settings).active_agencies]
+    except DiasyndesiError as exc:  # a family plugin missing or broken: one line, no traceback
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     _run(run_up(settings, agencies, say=typer.echo))
 
 

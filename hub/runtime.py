@@ -22,14 +22,13 @@ from hub.connector_runner import ConnectorRunner
 from hub.consumers import BrokerDataLoss, Consumers
 from hub.db import Database
 from hub.errors import BrokerError
-from hub.families import check_registry_families
+from hub.families import load_registry
 from hub.leases import Leases
 from hub.logs import get_logger
 from hub.mapping_policy import load_mappings
 from hub.metrics import HubMetrics
 from hub.poller import StatusPoller
 from hub.projector import Projector
-from hub.registry import Registry
 from hub.relay import Relay
 from hub.retry_topics import connector_topics
 from hub.schema import ensure_schema
@@ -62,8 +61,7 @@ class Hub:
         self.bootstrap = bootstrap
         self.kafka = KafkaCluster.from_settings(settings, bootstrap)
         self.metrics = HubMetrics()
-        self.registry = Registry.load(settings.registry_dir)
-        check_registry_families(self.registry)  # every active agency's family is installed
+        self.registry = load_registry(settings)  # checked against the installed families
         self.mappings = load_mappings(settings, self.registry)
         wanted = list(self.mappings) if connectors is None else list(connectors)
         self.connector_ids = wanted

@@ -186,6 +186,11 @@ class Settings(BaseSettings):
         description="per agency id, e.g. AGENCIES__DYPA__BASE_URL, AGENCIES__DYPA__SECRET "
         "(underscores in the id stand for hyphens: AGENCIES__KOZANI_SOCIAL_GROCERY__SECRET)",
     )
+    missing_family: Literal["error", "inactive"] = Field(
+        default="error",
+        description="an active agency whose family plugin is not installed: refuse to start "
+        "(error) or report the agency inactive and go on",
+    )
     agency_concurrency: int = Field(default=32, ge=1)
     status_poll_s: float = Field(
         default=30.0, gt=0, description="how often agencies that cannot push are asked"

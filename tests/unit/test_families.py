@@ -3,6 +3,7 @@ stops start-up with a message naming its package and what is wrong (decision 001
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,6 +157,14 @@ def test_an_active_agency_of_an_uninstalled_family_stops_start_up() -> None:
     check_registry_families(registry_with("carrier_pigeon", active=False))  # inactive: fine
 
 
+def test_or_is_reported_inactive_if_so_configured() -> None:
+    registry = check_registry_families(registry_with("carrier_pigeon", active=True), "inactive")
+    assert registry.agencies["stranger"].active is False
+    assert "stranger" not in {a.id for a in registry.active_agencies}
+    assert registry.agencies["dypa"].active  # the others untouched
+    assert Settings(missing_family="inactive").missing_family == "inactive"
+
+
 class StrictConnection(AgencyConnection):
     model_config = ConfigDict(extra="forbid")
     tenant: str
@@ -175,3 +184,28 @@ def test_a_family_validates_its_own_connection_settings(monkeypatch: pytest.Monk
         agencies={"dypa": AgencyConnection(base_url="http://127.0.0.1:1", tenant="t")}  # type: ignore[call-arg]
     )
     assert build_connector(dypa, settings).connection.tenant == "t"  # type: ignore[attr-defined]
+
+
+def test_up_with_an_uninstalled_family_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from hub.cli import app
+    from hub.settings import packaged_dir
+
+    registry = tmp_path / "registry"
+    shutil.copytree(packaged_dir("registry"), registry)
+    with (registry / "agencies.yaml").open("a", encoding="utf-8") as agencies:
+        agencies.write(
+            "- {id: pigeons, name_el: Περιστέρια, name_en: Pigeons, family: carrier_pigeon,"
+            " programmes: [GMI], municipalities: [kozani], mapping: opeka.yaml}\n"
+        )
+    monkeypatch.setenv("REGISTRY_DIR", str(registry))
+    monkeypatch.setenv("VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    result = CliRunner().invoke(app, ["up"])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1, result.output  # one line, no traceback
+    assert "agency pigeons: agency family 'carrier_pigeon' is not installed" in result.output
+    assert not (tmp_path / "var").exists()  # refused before anything started
