@@ -6,7 +6,7 @@ Each agency client keeps only what is its own (auth, vocabulary, a meaning it gi
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,7 +15,7 @@ import orjson
 
 from diasyndesi_sdk.classify import http_failure, retry_after, transport_failure
 from diasyndesi_sdk.connector import KEEPALIVE_S
-from diasyndesi_sdk.errors import RetryableError
+from diasyndesi_sdk.errors import DeliveryError, RetryableError
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -23,6 +23,7 @@ __all__ = [
     "http_session",
     "not_an_object",
     "read_json_object",
+    "request_json",
     "retry_after",
     "transport_errors",
 ]
@@ -73,3 +74,31 @@ async def transport_errors(what: str) -> AsyncIterator[None]:
         yield
     except (TimeoutError, aiohttp.ClientError, ssl.SSLError) as exc:
         raise transport_failure(exc, what) from exc
+
+
+Refusal = Callable[[aiohttp.ClientResponse], Awaitable[DeliveryError | None]]
+"""A family's own reading of a failed answer (a 409 "id reused", a 401 that names the
+certificate); None leaves it to the table."""
+
+
+async def request_json(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    what: str,
+    *,
+    refusal: Refusal | None = None,
+    **kwargs: Any,
+) -> tuple[int, dict[str, Any]]:
+    """One call whose answer is a JSON object, every failure translated: transport and TLS
+    errors, a status of 300 or more (the family's ``refusal`` first, then the table), an
+    answer that is not an object. Returns the status and the object."""
+    async with transport_errors(what), session.request(method, url, **kwargs) as response:
+        if response.status >= 300:
+            if refusal is not None and (error := await refusal(response)) is not None:
+                raise error
+            raise http_failure(response.status, response.headers.get("Retry-After"), what)
+        body = await read_json_object(response, what)
+        if body is None:
+            raise not_an_object(what)
+        return response.status, body

@@ -51,6 +51,18 @@ class SandboxContext:
             raise ConfigurationError(f"the {self.family} sandbox serves one agency, not {names}")
         return self.agencies[0]
 
+    def pushing_fields(self) -> dict[str, Any]:
+        """The fields every single-agency pushing sandbox's config takes (``agency_id``,
+        ``hub_url``, ``hub_token``, ``decision_delay_s``, ``state_file``), for the one agency."""
+        agency = self.only_agency()
+        return {
+            "agency_id": agency.id,
+            "hub_url": self.hub_url,
+            "hub_token": agency.hub_token,
+            "decision_delay_s": self.decision_delay_s,
+            "state_file": self.state_dir / f"{agency.id}.jsonl",
+        }
+
 
 @dataclass(frozen=True)
 class ServerTls:

@@ -12,15 +12,13 @@ import aiohttp
 
 from connectors.benefits_agency.client import BenefitsAgencyClient
 from diasyndesi_sdk.connector import (
-    AgencyConnection,
-    Connector,
     Delivery,
     PollsStatus,
     Receipt,
     RetryableError,
     StatusReport,
 )
-from diasyndesi_sdk.http import http_session
+from diasyndesi_sdk.pooled import PooledConnector
 from schemas.codes import EnrollmentStatus
 
 # ΟΠΕΚΑ's status codes (WSDL type Katastasi) in the hub's vocabulary.
@@ -34,40 +32,31 @@ STATUSES: dict[str, EnrollmentStatus] = {
 }
 
 
-class BenefitsAgencyConnector(Connector, PollsStatus):
+class BenefitsAgencyConnector(PooledConnector[BenefitsAgencyClient], PollsStatus):
     """``connection.base_url`` is the SOAP endpoint (it overrides the WSDL's address);
     ``username``/``secret`` are the WS-Security credentials."""
 
     family = "benefits_agency"
 
-    def __init__(
-        self, agency: str, connection: AgencyConnection, *, max_connections: int = 64
-    ) -> None:
-        super().__init__(agency, connection, max_connections=max_connections)
-        self._session: aiohttp.ClientSession | None = None
-        self._client: BenefitsAgencyClient | None = None
-
-    async def start(self) -> None:
-        """Build the zeep client once: it parses the vendored WSDL synchronously (~ms)."""
-        self._session = http_session(self.max_connections)
-        self._client = BenefitsAgencyClient(
+    def make_client(self, session: aiohttp.ClientSession) -> BenefitsAgencyClient:
+        """The zeep client, built once: it parses the vendored WSDL synchronously (~ms)."""
+        return BenefitsAgencyClient(
             self.connection.base_url,
             self.connection.username or "diasyndesi",
             self.connection.secret.get_secret_value(),
             timeout_s=self.connection.timeout_s,
-            session=self._session,
+            session=session,
         )
 
     async def deliver(self, delivery: Delivery) -> Receipt:
-        assert self._client is not None, "deliver() before start()"
-        known = await self._client.application_status(hub_reference=delivery.idempotency_key)
+        known = await self.client.application_status(hub_reference=delivery.idempotency_key)
         if known is not None:
             return Receipt(
                 reference=known.arithmos_protokollou,
                 status=STATUSES.get(known.katastasi),
                 duplicate=True,
             )
-        protocol = await self._client.submit_application_support(
+        protocol = await self.client.submit_application_support(
             delivery.idempotency_key, delivery.payload
         )
         return Receipt(
@@ -78,17 +67,10 @@ class BenefitsAgencyConnector(Connector, PollsStatus):
 
     async def status_of(self, reference: str) -> StatusReport | None:
         """``reference`` is ΟΠΕΚΑ's protocol number, as returned in the Receipt."""
-        assert self._client is not None, "status_of() before start()"
-        found = await self._client.application_status(arithmos_protokollou=reference)
+        found = await self.client.application_status(arithmos_protokollou=reference)
         if found is None:
             return None
         status = STATUSES.get(found.katastasi)
         if status is None:
             raise RetryableError("status: unknown agency status code", error_class="unknown_status")
         return StatusReport(status=status, reference=found.arithmos_protokollou)
-
-    async def stop(self) -> None:
-        self._client = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None

@@ -5,13 +5,14 @@ Messages give OpenSSL's reason, never a path or the payload."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from diasyndesi_sdk.errors import PermanentError, RetryableError
-from diasyndesi_sdk.http import http_failure, not_an_object, read_json_object, transport_errors
+from diasyndesi_sdk.http import read_json_object, request_json
 
 
 @dataclass(frozen=True)
@@ -51,26 +52,29 @@ class LifelongLearningClient:
     async def _call(
         self, method: str, path: str, what: str, **kwargs: Any
     ) -> tuple[int, Enrolment]:
-        async with (
-            transport_errors(what),  # a certificate problem: permanent ``tls`` (the SDK's table)
-            self._session.request(
-                method, self._base + path, timeout=self._timeout, **kwargs
-            ) as response,
-        ):
-            if response.status == 401 and await _certificate_missing(response, what):
-                raise PermanentError(f"{what}: client certificate refused", error_class="tls")
-            if response.status >= 300:
-                raise http_failure(response.status, response.headers.get("Retry-After"), what)
-            if (body := await read_json_object(response, what)) is None:
-                raise not_an_object(what)
+        code, body = await request_json(
+            self._session,
+            method,
+            self._base + path,
+            what,  # a certificate problem: permanent ``tls`` (the SDK's table)
+            refusal=functools.partial(_certificate_refused, what=what),
+            timeout=self._timeout,
+            **kwargs,
+        )
         enrolment_id, status = body.get("enrolment_id"), body.get("status")
         if not isinstance(enrolment_id, str) or not enrolment_id or not isinstance(status, str):
             raise RetryableError(f"{what}: malformed answer", error_class="malformed_response")
-        return response.status, Enrolment(enrolment_id, status)
+        return code, Enrolment(enrolment_id, status)
 
 
-async def _certificate_missing(response: aiohttp.ClientResponse, what: str) -> bool:
-    """The centre said it saw no valid client certificate (any other 401 is refused
-    credentials, retried like every family's, as the SDK's table says)."""
+async def _certificate_refused(
+    response: aiohttp.ClientResponse, what: str
+) -> PermanentError | None:
+    """A 401 saying the centre saw no valid client certificate is a ``tls`` problem; any
+    other refusal is the SDK table's (a plain 401 is refused credentials, retried)."""
+    if response.status != 401:
+        return None
     body = await read_json_object(response, what)
-    return body is not None and body.get("error") == "client_certificate_required"
+    if body is None or body.get("error") != "client_certificate_required":
+        return None
+    return PermanentError(f"{what}: client certificate refused", error_class="tls")

@@ -18,8 +18,8 @@ import aiohttp
 import orjson
 
 from diasyndesi_sdk.classify import credentials_refused
-from diasyndesi_sdk.errors import PermanentError, RetryableError
-from diasyndesi_sdk.http import http_failure, not_an_object, read_json_object, transport_errors
+from diasyndesi_sdk.errors import DeliveryError, PermanentError, RetryableError
+from diasyndesi_sdk.http import http_failure, read_json_object, request_json
 from diasyndesi_sdk.webhooks import REASONS, sign
 
 
@@ -32,7 +32,9 @@ class Case:
     duplicate: bool
 
 
-def classify(status: int, headers: Mapping[str, str], body: dict[str, Any], what: str) -> Exception:
+def classify(
+    status: int, headers: Mapping[str, str], body: dict[str, Any], what: str
+) -> DeliveryError:
     """An HTTP failure as the hub's retry signal; every class name is metric-safe.
 
     401 is a refused signature (wrong secret, or a clock off by over five minutes): the
@@ -79,17 +81,19 @@ class MunicipalSocialServiceClient:
             "Content-Type": "application/json",
             "Idempotency-Key": msg_id,
         }
-        async with (
-            transport_errors(what),
-            self._session.request(
-                method, self._base + path, data=raw, headers=headers, timeout=self._timeout
-            ) as response,
-        ):
-            if response.status >= 300:
-                # Only a 401 says something we use (the reason); other bodies stay unread.
-                detail = await read_json_object(response, what) if response.status == 401 else None
-                raise classify(response.status, response.headers, detail or {}, what)
-            body = await read_json_object(response, what)
-            if body is None:
-                raise not_an_object(what)
-            return response.status, body
+
+        async def refusal(response: aiohttp.ClientResponse) -> DeliveryError | None:
+            # Only a 401 says something we use (the reason); other bodies stay unread.
+            detail = await read_json_object(response, what) if response.status == 401 else None
+            return classify(response.status, response.headers, detail or {}, what)
+
+        return await request_json(
+            self._session,
+            method,
+            self._base + path,
+            what,
+            refusal=refusal,
+            data=raw,
+            headers=headers,
+            timeout=self._timeout,
+        )

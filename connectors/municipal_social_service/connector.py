@@ -10,50 +10,32 @@ from __future__ import annotations
 import aiohttp
 
 from connectors.municipal_social_service.client import MunicipalSocialServiceClient
-from diasyndesi_sdk.connector import AgencyConnection, Connector, Delivery, Receipt
+from diasyndesi_sdk.connector import Delivery, Receipt
 from diasyndesi_sdk.errors import ConfigurationError
-from diasyndesi_sdk.http import http_session
+from diasyndesi_sdk.pooled import PooledConnector, enrollment_status
 from diasyndesi_sdk.webhooks import WebhookError, decode_secret
-from schemas.codes import EnrollmentStatus
 
 
-class MunicipalSocialServiceConnector(Connector):
+class MunicipalSocialServiceConnector(PooledConnector[MunicipalSocialServiceClient]):
     family = "municipal_social_service"
 
-    def __init__(
-        self, agency: str, connection: AgencyConnection, *, max_connections: int = 64
-    ) -> None:
-        super().__init__(agency, connection, max_connections=max_connections)
-        self._session: aiohttp.ClientSession | None = None
-        self._client: MunicipalSocialServiceClient | None = None
-
-    async def start(self) -> None:
-        secret = self.connection.secret.get_secret_value()
+    def check(self) -> None:
         try:
-            decode_secret(secret)
+            decode_secret(self.connection.secret.get_secret_value())
         except WebhookError:
             raise ConfigurationError(
                 f"agency {self.agency}: secret must be a whsec_ Standard Webhooks secret"
             ) from None
-        self._session = http_session(self.max_connections)
-        self._client = MunicipalSocialServiceClient(
+
+    def make_client(self, session: aiohttp.ClientSession) -> MunicipalSocialServiceClient:
+        return MunicipalSocialServiceClient(
             self.connection.base_url,
-            secret,
+            self.connection.secret.get_secret_value(),
             timeout_s=self.connection.timeout_s,
-            session=self._session,
+            session=session,
         )
 
     async def deliver(self, delivery: Delivery) -> Receipt:
-        assert self._client is not None, "deliver() before start()"
-        case = await self._client.open_case(delivery.payload, delivery.idempotency_key)
-        status = (
-            EnrollmentStatus(case.status)
-            if case.status in EnrollmentStatus.__members__.values()
-            else None
-        )
+        case = await self.client.open_case(delivery.payload, delivery.idempotency_key)
+        status = enrollment_status(case.status)
         return Receipt(reference=case.case_number, status=status, duplicate=case.duplicate)
-
-    async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None

@@ -11,21 +11,58 @@ behaviours here means the family sandboxes only differ where the agencies do.
 - ``app``: a pushing sandbox's app, wired once
 """
 
-from connectors.sandbox_kit.app import SandboxApp, sandbox_app
-from connectors.sandbox_kit.faults import FaultKnobs, Faults, add_sandbox_routes, apply_faults
-from connectors.sandbox_kit.ledger import (
-    IdempotencyKeyReused,
-    ReceivedRecord,
-    SandboxLedger,
-    utc_now,
-)
-from connectors.sandbox_kit.push import PushJournal, StatusPusher
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the names are, for type checkers; at run time see __getattr__
+    from connectors.sandbox_kit.app import PushingSandboxConfig, SandboxApp, sandbox_app
+    from connectors.sandbox_kit.faults import (
+        FaultKnobs,
+        Faults,
+        add_sandbox_routes,
+        apply_faults,
+    )
+    from connectors.sandbox_kit.ledger import (
+        IdempotencyKeyReused,
+        ReceivedRecord,
+        SandboxLedger,
+        utc_now,
+    )
+    from connectors.sandbox_kit.push import PushJournal, StatusPusher
+
+_HOMES = {
+    "PushingSandboxConfig": "app",
+    "SandboxApp": "app",
+    "sandbox_app": "app",
+    "FaultKnobs": "faults",
+    "Faults": "faults",
+    "add_sandbox_routes": "faults",
+    "apply_faults": "faults",
+    "IdempotencyKeyReused": "ledger",
+    "ReceivedRecord": "ledger",
+    "SandboxLedger": "ledger",
+    "utc_now": "ledger",
+    "PushJournal": "push",
+    "StatusPusher": "push",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Imported on first use (PEP 562): ``up`` reads ``sandbox_kit.certs`` to make test
+    certificates and must not load the web framework the apps need."""
+    if name not in _HOMES:
+        raise AttributeError(name)
+    return getattr(importlib.import_module(f"connectors.sandbox_kit.{_HOMES[name]}"), name)
+
 
 __all__ = [
     "FaultKnobs",
     "Faults",
     "IdempotencyKeyReused",
     "PushJournal",
+    "PushingSandboxConfig",
     "ReceivedRecord",
     "SandboxApp",
     "SandboxLedger",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import structlog
 from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.sandbox_kit.faults import Faults, add_sandbox_routes
 from connectors.sandbox_kit.ledger import SandboxLedger
@@ -31,22 +32,30 @@ class SandboxApp:
     pusher: StatusPusher
 
 
-def sandbox_app(
-    title: str,
-    agency: str,
-    *,
-    hub_url: str | None,
-    hub_token: str | None,
-    state_file: Path | None,
-) -> SandboxApp:
+class PushingSandboxConfig(BaseModel):
+    """What every single-agency sandbox that pushes statuses is configured with; a family's
+    config adds its own fields (an API key, a capacity)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agency_id: str
+    hub_url: str | None = None
+    hub_token: SecretStr | None = None
+    decision_delay_s: float = Field(default=2.0, ge=0.0)
+    state_file: Path | None = None
+
+
+def sandbox_app(title: str, config: PushingSandboxConfig) -> SandboxApp:
     """The set-up every pushing REST sandbox shares: the ledger in ``state_file``, the push
     journal next to it, the pusher opened and closed with the app, ``app.state`` exposing
     all three to tests, and the ``/_sandbox/*`` routes."""
+    state_file = config.state_file
+    hub_token = config.hub_token.get_secret_value() if config.hub_token else None
     ledger = SandboxLedger(state_file)
     faults = Faults()
     pusher = StatusPusher(
-        agency,
-        hub_url,
+        config.agency_id,
+        config.hub_url,
         hub_token,
         journal=state_file.with_suffix(".pushes.jsonl") if state_file else None,
     )

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from diasyndesi_sdk.errors import PermanentError, RetryableError
-from diasyndesi_sdk.http import http_failure, not_an_object, read_json_object, transport_errors
+from diasyndesi_sdk.http import request_json
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,6 @@ class SocialGroceryClient:
     async def _request(
         self, method: str, path: str, what: str, **kwargs: Any
     ) -> tuple[int, dict[str, Any]]:
-        async with (
-            transport_errors(what),
-            self._session.request(
-                method, self._base + path, timeout=self._timeout, **kwargs
-            ) as response,
-        ):
-            if response.status >= 300:
-                raise http_failure(response.status, response.headers.get("Retry-After"), what)
-            body = await read_json_object(response, what)
-            if body is None:
-                raise not_an_object(what)
-            return response.status, body
+        return await request_json(
+            self._session, method, self._base + path, what, timeout=self._timeout, **kwargs
+        )

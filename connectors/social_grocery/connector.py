@@ -11,9 +11,9 @@ from __future__ import annotations
 import aiohttp
 
 from connectors.social_grocery.client import SocialGroceryClient
-from diasyndesi_sdk.connector import AgencyConnection, Connector, Delivery, Receipt
+from diasyndesi_sdk.connector import Delivery, Receipt
 from diasyndesi_sdk.errors import ConfigurationError
-from diasyndesi_sdk.http import http_session
+from diasyndesi_sdk.pooled import PooledConnector
 from schemas.codes import EnrollmentStatus
 
 # The grocery's answers in the hub's vocabulary; anything else leaves the status unknown.
@@ -25,37 +25,25 @@ STATUSES = {
 }
 
 
-class SocialGroceryConnector(Connector):
+class SocialGroceryConnector(PooledConnector[SocialGroceryClient]):
     family = "social_grocery"
 
-    def __init__(
-        self, agency: str, connection: AgencyConnection, *, max_connections: int = 64
-    ) -> None:
-        super().__init__(agency, connection, max_connections=max_connections)
-        self._session: aiohttp.ClientSession | None = None
-        self._client: SocialGroceryClient | None = None
-
-    async def start(self) -> None:
+    def check(self) -> None:
         if not self.connection.base_url or not self.connection.secret.get_secret_value():
             raise ConfigurationError(f"{self.agency}: base_url and secret (API key) are required")
-        self._session = http_session(self.max_connections)
-        self._client = SocialGroceryClient(
+
+    def make_client(self, session: aiohttp.ClientSession) -> SocialGroceryClient:
+        return SocialGroceryClient(
             self.connection.base_url,
             self.connection.secret.get_secret_value(),
             timeout_s=self.connection.timeout_s,
-            session=self._session,
+            session=session,
         )
 
     async def deliver(self, delivery: Delivery) -> Receipt:
-        assert self._client is not None, "deliver() before start()"
-        intake = await self._client.refer_household(delivery.payload, delivery.idempotency_key)
+        intake = await self.client.refer_household(delivery.payload, delivery.idempotency_key)
         return Receipt(
             reference=intake.case_id,
             status=STATUSES.get(intake.status),
             duplicate=intake.duplicate,
         )
-
-    async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None

@@ -16,6 +16,7 @@ import pytest
 from diasyndesi_sdk.connector import KEEPALIVE_S
 from hub.broker import free_port
 from hub.embedded import Embedded
+from hub.errors import ConfigurationError
 from hub.families import family_spec
 from hub.registry import Registry
 from hub.runtime import Hub
@@ -128,10 +129,26 @@ def decided(view: dict[str, Any]) -> bool:
     return all(a["status"] == "accepted" for a in view["agencies"])
 
 
+async def start_embedded(folder: Path, attempts: int = 3) -> Embedded:
+    """The embedded stack on free ports. ``free_port`` only finds a port that was free a
+    moment ago: when another process takes one first the start is refused ("cannot
+    listen"), so the half-started stack is stopped and started again on other ports."""
+    for attempt in range(1, attempts + 1):
+        embedded = Embedded(make_settings(folder / f"try-{attempt}"))
+        try:
+            await embedded.start()
+        except ConfigurationError as exc:
+            await embedded.stop()  # the broker subprocess and any server already up
+            if "cannot listen" not in str(exc) or attempt == attempts:
+                raise
+            continue
+        return embedded
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    embedded = Embedded(make_settings(tmp_path))
-    await embedded.start()
+    embedded = await start_embedded(tmp_path)
     try:
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S)

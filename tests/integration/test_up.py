@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import Client, HubProcess, Ports, cmdline, pid_alive
+from tests.faults.harness import EVERY_FAMILY, Client, HubProcess, Ports, cmdline, pid_alive
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ async def up(tmp_path: Path) -> AsyncIterator[HubProcess]:
 
 async def delivered_everywhere(client: Client, key: str, seed: int) -> None:
     sub = await client.submit(key, seed)
-    assert len(sub.routed) == 4
+    assert len(sub.routed) == len(EVERY_FAMILY)  # one agency of each family
     pairs = {(sub.referral_id, agency) for agency in sub.routed}
     states, _, settled = await client.wait_settled(pairs, timeout_s=60)
     assert settled and {s["delivery"] for s in states.values()} == {"delivered"}, states

@@ -27,11 +27,7 @@ class EmploymentSandbox(Sandbox):
         return create_app(
             EmploymentSandboxConfig(
                 client_secret=SecretStr(agency.secret),
-                hub_url=context.hub_url,
-                hub_token=SecretStr(agency.hub_token) if agency.hub_token else None,
-                agency_id=agency.id,
-                decision_delay_s=context.decision_delay_s,
-                state_file=context.state_dir / f"{agency.id}.jsonl",
+                **context.pushing_fields(),
             )
         )
 

@@ -14,16 +14,16 @@ import json
 import secrets
 import time
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from connectors.sandbox_kit import (
     IdempotencyKeyReused,
+    PushingSandboxConfig,
     ReceivedRecord,
     apply_faults,
     sandbox_app,
@@ -35,19 +35,15 @@ __all__ = ["EmploymentSandboxConfig", "create_app"]
 MAX_IDEMPOTENCY_KEY = 255
 
 
-class EmploymentSandboxConfig(BaseModel):
+class EmploymentSandboxConfig(PushingSandboxConfig):
     """Settings of one ΔΥΠΑ sandbox; secrets are `SecretStr` so they never show in reprs."""
 
     model_config = ConfigDict(extra="forbid")
 
     client_id: str = "diasyndesi"
     client_secret: SecretStr
-    hub_url: str | None = None
-    hub_token: SecretStr | None = None
     agency_id: str = "dypa"
-    decision_delay_s: float = Field(default=2.0, ge=0.0)
     decision: str = "accepted"
-    state_file: Path | None = None
     token_ttl_s: int = Field(default=3600, gt=0)
 
     @field_validator("client_secret")
@@ -126,13 +122,7 @@ def _missing_referral_id(body: dict[str, Any]) -> JSONResponse | None:
 
 def create_app(config: EmploymentSandboxConfig) -> FastAPI:
     """Build the ΔΥΠΑ sandbox; `app.state` exposes ledger, faults and pusher to tests."""
-    parts = sandbox_app(
-        "ΔΥΠΑ sandbox (employment service)",
-        config.agency_id,
-        hub_url=config.hub_url,
-        hub_token=config.hub_token.get_secret_value() if config.hub_token else None,
-        state_file=config.state_file,
-    )
+    parts = sandbox_app("ΔΥΠΑ sandbox (employment service)", config)
     app, ledger, faults, pusher = parts.app, parts.ledger, parts.faults, parts.pusher
     tokens = _TokenIssuer(
         config.client_id, config.client_secret.get_secret_value(), config.token_ttl_s

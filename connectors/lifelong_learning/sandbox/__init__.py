@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
 from diasyndesi_sdk.sandbox import Sandbox, SandboxContext, ServerTls
 
 
@@ -43,16 +41,7 @@ class LifelongLearningSandbox(Sandbox):
             create_app,
         )
 
-        agency = context.only_agency()
-        return create_app(
-            LifelongLearningSandboxConfig(
-                hub_url=context.hub_url,
-                hub_token=SecretStr(agency.hub_token) if agency.hub_token else None,
-                agency_id=agency.id,
-                decision_delay_s=context.decision_delay_s,
-                state_file=context.state_dir / f"{agency.id}.jsonl",
-            )
-        )
+        return create_app(LifelongLearningSandboxConfig(**context.pushing_fields()))
 
 
 SANDBOX = LifelongLearningSandbox()

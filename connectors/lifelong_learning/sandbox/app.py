@@ -6,14 +6,18 @@ fixed at intake by the sequence number, ``received`` then the decision pushed to
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import ConfigDict, Field
 
-from connectors.sandbox_kit import IdempotencyKeyReused, apply_faults, sandbox_app
+from connectors.sandbox_kit import (
+    IdempotencyKeyReused,
+    PushingSandboxConfig,
+    apply_faults,
+    sandbox_app,
+)
 
 __all__ = ["COURSES", "LifelongLearningSandboxConfig", "create_app"]
 
@@ -21,16 +25,12 @@ __all__ = ["COURSES", "LifelongLearningSandboxConfig", "create_app"]
 COURSES = frozenset({"GENERAL_ADULT_EDUCATION", "DIGITAL_SKILLS", "GREEK_AS_A_SECOND_LANGUAGE"})
 
 
-class LifelongLearningSandboxConfig(BaseModel):
+class LifelongLearningSandboxConfig(PushingSandboxConfig):
     model_config = ConfigDict(extra="forbid")
 
-    hub_url: str | None = None
-    hub_token: SecretStr | None = None
     agency_id: str = "kozani-lifelong-learning"
     capacity: int = Field(default=50, ge=0, description="places; after them, waitlisted")
     reject_every: int = Field(default=10, ge=0, description="every n-th rejected; 0: none")
-    decision_delay_s: float = Field(default=2.0, ge=0.0)
-    state_file: Path | None = None
 
 
 def _error(status_code: int, error: str, **extra: Any) -> JSONResponse:
@@ -48,11 +48,7 @@ def _invalid(body: dict[str, Any]) -> list[str]:
 
 def create_app(config: LifelongLearningSandboxConfig) -> FastAPI:
     """Build the sandbox; ``app.state`` exposes ledger, faults and pusher to tests."""
-    token = config.hub_token.get_secret_value() if config.hub_token else None
-    title, state_file = "Kozani Lifelong Learning Centre sandbox", config.state_file
-    parts = sandbox_app(
-        title, config.agency_id, hub_url=config.hub_url, hub_token=token, state_file=state_file
-    )
+    parts = sandbox_app("Kozani Lifelong Learning Centre sandbox", config)
     app, ledger, faults, pusher = parts.app, parts.ledger, parts.faults, parts.pusher
     cancelled: set[str] = set()  # in memory only
 

@@ -29,11 +29,7 @@ class SocialGrocerySandbox(Sandbox):
             SocialGrocerySandboxConfig(
                 api_key=SecretStr(agency.secret),
                 capacity=int(context.options.get("capacity", 50)),
-                hub_url=context.hub_url,
-                hub_token=SecretStr(agency.hub_token) if agency.hub_token else None,
-                agency_id=agency.id,
-                decision_delay_s=context.decision_delay_s,
-                state_file=context.state_dir / f"{agency.id}.jsonl",
+                **context.pushing_fields(),
             )
         )
 

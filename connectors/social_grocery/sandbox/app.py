@@ -16,15 +16,15 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from connectors.sandbox_kit import (
     IdempotencyKeyReused,
+    PushingSandboxConfig,
     apply_faults,
     sandbox_app,
 )
@@ -37,18 +37,14 @@ SERVICES = frozenset({"GROCERY", "MEALS", "PHARMACY", "FEAD"})
 _GREEK = re.compile("[\u0370-\u03ff\u1f00-\u1fff]")
 
 
-class SocialGrocerySandboxConfig(BaseModel):
+class SocialGrocerySandboxConfig(PushingSandboxConfig):
     """Settings of one grocery sandbox; secrets are `SecretStr` so they never show in reprs."""
 
     model_config = ConfigDict(extra="forbid")
 
     api_key: SecretStr
     capacity: int = Field(default=50, ge=0, description="places before households wait")
-    hub_url: str | None = None
-    hub_token: SecretStr | None = None
     agency_id: str = "kozani-social-grocery"
-    decision_delay_s: float = Field(default=2.0, ge=0.0)
-    state_file: Path | None = None
 
     @field_validator("api_key")
     @classmethod
@@ -97,13 +93,7 @@ def _invalid(body: dict[str, Any]) -> list[dict[str, str]]:
 
 def create_app(config: SocialGrocerySandboxConfig) -> FastAPI:
     """Build the grocery sandbox; `app.state` exposes ledger, faults and pusher to tests."""
-    parts = sandbox_app(
-        "Kozani social grocery sandbox",
-        config.agency_id,
-        hub_url=config.hub_url,
-        hub_token=config.hub_token.get_secret_value() if config.hub_token else None,
-        state_file=config.state_file,
-    )
+    parts = sandbox_app("Kozani social grocery sandbox", config)
     app, ledger, faults, pusher = parts.app, parts.ledger, parts.faults, parts.pusher
     api_key = config.api_key.get_secret_value().encode()
 
