@@ -4,8 +4,9 @@ sandbox on loopback (FastStream's habit: one suite, one subclass per implementat
 The harness is built from the family's plugin spec alone, as the hub builds it: the sandbox
 the family publishes (its app, its connection fields, its TLS), the connector class and
 connection model the spec names, and a payload that is the agency's own registry mapping
-applied to a realistic referral. A family's subclass only names the family and may add
-tests of its own; ``test_every_family.py`` fails when an installed family has none.
+applied to a realistic referral. A family's subclass, with its own tests in
+``connectors/<family>/tests/test_contract.py``, only names the family and may add tests of
+its own; ``test_every_family.py`` fails when an installed family has none.
 """
 
 from __future__ import annotations

@@ -1,22 +1,23 @@
 """Every installed family passes the one contract: a family without a contract subclass
-fails here, so a plugin cannot be added without it."""
+fails here, so a plugin cannot be added without it. Each family keeps its subclass with its
+own tests, in ``connectors/<family>/tests/test_contract.py``."""
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from pathlib import Path
 
 from hub.families import installed_families
 from tests.contract.base import ConnectorContract
 
-HERE = Path(__file__).parent
+CONNECTORS = Path(__file__).resolve().parents[2] / "connectors"
 
 
 def contract_subclasses() -> dict[str, list[str]]:
-    for module in pkgutil.iter_modules([str(HERE)]):
-        if module.name.startswith("test_"):
-            importlib.import_module(f"tests.contract.{module.name}")
+    """Family → its subclasses, after importing every family's contract module (under the
+    name pytest gives it, so a class is never counted twice)."""
+    for module in sorted(CONNECTORS.glob("*/tests/test_contract.py")):
+        importlib.import_module(f"connectors.{module.parents[1].name}.tests.test_contract")
     found: dict[str, list[str]] = {}
     for cls in ConnectorContract.__subclasses__():
         found.setdefault(getattr(cls, "family", "?"), []).append(cls.__name__)
@@ -26,7 +27,10 @@ def contract_subclasses() -> dict[str, list[str]]:
 def test_every_installed_family_has_exactly_one_contract_subclass() -> None:
     found = contract_subclasses()
     missing = sorted(set(installed_families()) - set(found))
-    assert not missing, f"families without a ConnectorContract subclass: {missing}"
+    assert not missing, (
+        f"families without a ConnectorContract subclass: {missing} "
+        "(add one in connectors/<family>/tests/test_contract.py)"
+    )
     unknown = sorted(set(found) - set(installed_families()))
     assert not unknown, f"contract subclasses for families not installed: {unknown}"
     twice = {family: names for family, names in found.items() if len(names) > 1}

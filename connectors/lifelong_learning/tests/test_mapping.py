@@ -1,9 +1,7 @@
 """What leaves the hub for the Lifelong Learning Centre (mappings/kozani-lifelong-learning.yaml).
 
-The hub does not know the family or its three programme codes yet (the lead adds them to
-schemas/ and registry/), so the code catalogue is extended here for the test, and the
-minimisation rules run with the family's own name: the hub applies its strictest rules
-(those of the grocery) to any family it does not single out."""
+The minimisation rules are the family's own profile (its ``FamilySpec``: no AFM, no notes,
+no special categories), as the hub checks them at start-up."""
 
 from __future__ import annotations
 
@@ -14,7 +12,6 @@ from typing import Any
 import pytest
 import yaml
 
-from hub import mapping as hub_mapping
 from hub.errors import ConfigurationError
 from hub.mapping import Mapping, check_minimisation, load_mapping
 from hub.samples import sample_referral
@@ -24,13 +21,6 @@ from .conftest import AGENCY, ConnectorFactory, Sandbox, delivery
 
 FILE = packaged_dir("mappings") / f"{AGENCY}.yaml"
 FAMILY = "lifelong_learning"
-NEW_PROGRAMMES = frozenset({"ADULT_EDUCATION", "DIGITAL_SKILLS", "GREEK_LANGUAGE"})
-
-
-@pytest.fixture
-def catalogue(monkeypatch: pytest.MonkeyPatch) -> None:
-    known = hub_mapping.CODE_DOMAINS["programmes"]
-    monkeypatch.setitem(hub_mapping.CODE_DOMAINS, "programmes", known | NEW_PROGRAMMES)
 
 
 def referral() -> dict[str, Any]:
@@ -40,7 +30,7 @@ def referral() -> dict[str, Any]:
     return {**body, **created}
 
 
-def test_mapping_passes_the_minimisation_rules(catalogue: None) -> None:
+def test_mapping_passes_the_minimisation_rules() -> None:
     loaded = load_mapping(FILE, AGENCY, FAMILY)
     assert not loaded.allowed_sources & {
         "beneficiary.afm",
@@ -51,7 +41,7 @@ def test_mapping_passes_the_minimisation_rules(catalogue: None) -> None:
     }
 
 
-def test_payload_carries_only_what_the_centre_needs(catalogue: None) -> None:
+def test_payload_carries_only_what_the_centre_needs() -> None:
     source = referral()
     payload = load_mapping(FILE, AGENCY, FAMILY).apply(source)
     assert payload["courses"] == ["GREEK_AS_A_SECOND_LANGUAGE", "DIGITAL_SKILLS"]  # no GMI
@@ -67,7 +57,7 @@ def test_payload_carries_only_what_the_centre_needs(catalogue: None) -> None:
         assert kept_back not in wire
 
 
-def test_the_rules_do_hold_for_this_family(catalogue: None, tmp_path: Path) -> None:
+def test_the_rules_do_hold_for_this_family(tmp_path: Path) -> None:
     raw = yaml.safe_load(FILE.read_text(encoding="utf-8"))
     raw["fields"].append({"to": "learner.afm", "from": "beneficiary.afm"})
     with pytest.raises(ConfigurationError, match="AFM"):
@@ -79,7 +69,7 @@ def test_the_rules_do_hold_for_this_family(catalogue: None, tmp_path: Path) -> N
 
 
 async def test_the_sandbox_takes_what_the_mapping_makes(
-    catalogue: None, sandbox: Sandbox, make_connector: ConnectorFactory
+    sandbox: Sandbox, make_connector: ConnectorFactory
 ) -> None:
     payload = load_mapping(FILE, AGENCY, FAMILY).apply(referral())
     receipt = await (await make_connector()).deliver(delivery(body=payload))
