@@ -1,9 +1,9 @@
-"""ΔΥΠΑ's registration API in its own words: ``register`` a referred jobseeker and
-``registration_status`` of an earlier one, behind OAuth2 client credentials.
+"""ΔΥΠΑ's registration API in its own words: ``register`` a referred jobseeker, behind
+OAuth2 client credentials (ΔΥΠΑ pushes statuses; there is no status read yet).
 
 aiohttp, not httpx: under 32 concurrent calls on this hardware httpx's AsyncClient fell to
 178 req/s while aiohttp reached ~2,600 (docs/decisions/0004-http-client.md).
-Every aiohttp exception is translated here into RetryableError or PermanentError.
+Every failure is translated through the SDK (``request_json``, the one classification table).
 """
 
 from __future__ import annotations

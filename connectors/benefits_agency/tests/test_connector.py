@@ -2,9 +2,6 @@
 loopback: receipts, check-then-act idempotency, polling, and how every failure, hostile
 answers included, is classified for the hub."""
 
-# Test credentials, allowed as under tests/ (pyproject's per-file-ignores name tests/ only).
-# ruff: noqa: S105, S106
-
 from __future__ import annotations
 
 import asyncio

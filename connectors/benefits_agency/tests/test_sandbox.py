@@ -1,9 +1,6 @@
 """The ΟΠΕΚΑ sandbox must behave like a real SOAP agency, checked from the outside with a
 plain zeep client against its published WSDL (as any other consumer would)."""
 
-# Test credentials, allowed as under tests/ (pyproject's per-file-ignores name tests/ only).
-# ruff: noqa: S105
-
 from __future__ import annotations
 
 import asyncio

@@ -1,9 +1,6 @@
 """The ΔΥΠΑ connector (connectors/employment_service) against the real ΔΥΠΑ sandbox served
 on loopback: receipts, idempotency, and how every failure is classified for the hub."""
 
-# Test credentials, allowed as under tests/ (pyproject's per-file-ignores name tests/ only).
-# ruff: noqa: S105, S106
-
 from __future__ import annotations
 
 import re

@@ -1,8 +1,5 @@
 """The ΔΥΠΑ sandbox must behave like the real registry, or connector tests prove nothing."""
 
-# Test credentials, allowed as under tests/ (pyproject's per-file-ignores name tests/ only).
-# ruff: noqa: S105, S106
-
 from __future__ import annotations
 
 import asyncio

@@ -1,9 +1,6 @@
 """The municipal social service connector against the real municipal sandbox on loopback:
 receipts, idempotency through the signed message id, and how every failure is classified."""
 
-# Test credentials, allowed as under tests/ (pyproject's per-file-ignores name tests/ only).
-# ruff: noqa: S106
-
 from __future__ import annotations
 
 import re

@@ -1,9 +1,6 @@
 """The social grocery connector (connectors/social_grocery) against the real grocery
 sandbox served on loopback: receipts, idempotency, waitlists, and failure classification."""
 
-# Test credentials, allowed as under tests/ (pyproject's per-file-ignores name tests/ only).
-# ruff: noqa: S106
-
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable

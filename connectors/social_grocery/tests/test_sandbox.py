@@ -1,9 +1,6 @@
 """The social grocery sandbox must behave like the off-the-shelf system it stands in for:
 API key, Latin-only text, limited places, its own idempotency, status pushed to the hub."""
 
-# Test credentials, allowed as under tests/ (pyproject's per-file-ignores name tests/ only).
-# ruff: noqa: S105
-
 from __future__ import annotations
 
 import asyncio
