@@ -17,7 +17,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the names are, for type checkers; at run time see __getattr__
-    from connectors.sandbox_kit.app import PushingSandboxConfig, SandboxApp, sandbox_app
+    from connectors.sandbox_kit.app import (
+        NonEmptySecret,
+        PushingSandboxConfig,
+        SandboxApp,
+        error_response,
+        request_object,
+        sandbox_app,
+    )
     from connectors.sandbox_kit.faults import (
         FaultKnobs,
         Faults,
@@ -34,6 +41,9 @@ if TYPE_CHECKING:  # what the names are, for type checkers; at run time see __ge
 
 _HOMES = {
     "PushingSandboxConfig": "app",
+    "NonEmptySecret": "app",
+    "error_response": "app",
+    "request_object": "app",
     "SandboxApp": "app",
     "sandbox_app": "app",
     "FaultKnobs": "faults",
@@ -61,6 +71,7 @@ __all__ = [
     "FaultKnobs",
     "Faults",
     "IdempotencyKeyReused",
+    "NonEmptySecret",
     "PushJournal",
     "PushingSandboxConfig",
     "ReceivedRecord",
@@ -69,6 +80,8 @@ __all__ = [
     "StatusPusher",
     "add_sandbox_routes",
     "apply_faults",
+    "error_response",
+    "request_object",
     "sandbox_app",
     "utc_now",
 ]

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
 
 import structlog
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.sandbox_kit.faults import Faults, add_sandbox_routes
 from connectors.sandbox_kit.ledger import SandboxLedger
@@ -30,6 +33,34 @@ class SandboxApp:
     ledger: SandboxLedger
     faults: Faults
     pusher: StatusPusher
+
+
+def _not_empty(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value():
+        raise ValueError("must not be empty")
+    return value
+
+
+NonEmptySecret = Annotated[SecretStr, AfterValidator(_not_empty)]
+"""A sandbox's secret (API key, password, client secret): an empty one is refused."""
+
+
+def error_response(status_code: int, error: str, **extra: Any) -> JSONResponse:
+    """An agency's error answer: ``{"error": <code>, ...}`` (``headers=`` passed through)."""
+    headers = extra.pop("headers", None)
+    return JSONResponse({"error": error, **extra}, status_code=status_code, headers=headers)
+
+
+def request_object(raw: bytes) -> dict[str, Any] | JSONResponse:
+    """A request body as a JSON object, or the agency's refusal of it (400 not JSON, 422 not
+    an object): callers return a JSONResponse as it is."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return error_response(400, "invalid_json")
+    if not isinstance(body, dict):
+        return error_response(422, "validation_failed", errors=[{"field": "", "message": "object"}])
+    return body
 
 
 class PushingSandboxConfig(BaseModel):

@@ -21,12 +21,13 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from lxml import etree
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from stdnum.gr import amka
 
 from connectors.sandbox_kit import (
     Faults,
     IdempotencyKeyReused,
+    NonEmptySecret,
     ReceivedRecord,
     SandboxLedger,
     add_sandbox_routes,
@@ -66,17 +67,10 @@ class BenefitsSandboxConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     username: str = "diasyndesi"
-    password: SecretStr
+    password: NonEmptySecret
     decision_delay_s: float = Field(default=2.0, ge=0.0)
     decision: str = "accepted"
     state_file: Path | None = None
-
-    @field_validator("password")
-    @classmethod
-    def _password_not_empty(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value():
-            raise ValueError("password must not be empty")
-        return value
 
     @field_validator("decision")
     @classmethod

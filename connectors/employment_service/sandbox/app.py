@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import secrets
 import time
 from datetime import timedelta
@@ -19,13 +18,16 @@ from urllib.parse import parse_qs, unquote_plus
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ConfigDict, Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field
 
 from connectors.sandbox_kit import (
     IdempotencyKeyReused,
+    NonEmptySecret,
     PushingSandboxConfig,
     ReceivedRecord,
     apply_faults,
+    error_response,
+    request_object,
     sandbox_app,
     utc_now,
 )
@@ -41,22 +43,10 @@ class EmploymentSandboxConfig(PushingSandboxConfig):
     model_config = ConfigDict(extra="forbid")
 
     client_id: str = "diasyndesi"
-    client_secret: SecretStr
+    client_secret: NonEmptySecret
     agency_id: str = "dypa"
     decision: str = "accepted"
     token_ttl_s: int = Field(default=3600, gt=0)
-
-    @field_validator("client_secret")
-    @classmethod
-    def _secret_not_empty(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value():
-            raise ValueError("client_secret must not be empty")
-        return value
-
-
-def _error(status_code: int, error: str, **extra: Any) -> JSONResponse:
-    headers = extra.pop("headers", None)
-    return JSONResponse({"error": error, **extra}, status_code=status_code, headers=headers)
 
 
 class _TokenIssuer:
@@ -113,7 +103,7 @@ def _missing_referral_id(body: dict[str, Any]) -> JSONResponse | None:
     value = body.get("hub_referral_id")
     if isinstance(value, str) and value:
         return None
-    return _error(
+    return error_response(
         422,
         "validation_failed",
         errors=[{"field": "hub_referral_id", "message": "required non-empty string"}],
@@ -137,7 +127,7 @@ def create_app(config: EmploymentSandboxConfig) -> FastAPI:
 
     def unauthorized() -> JSONResponse:
         headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-        return _error(401, "invalid_token", headers=headers)
+        return error_response(401, "invalid_token", headers=headers)
 
     @app.post("/oauth/token", tags=["oauth"])
     async def issue_token(request: Request) -> Response:
@@ -147,12 +137,14 @@ def create_app(config: EmploymentSandboxConfig) -> FastAPI:
         creds = _client_credentials(request, form)
         if creds is None or not tokens.client_ok(*creds):
             headers = {"WWW-Authenticate": 'Basic realm="dypa"'}
-            return _error(401, "invalid_client", headers=headers)
+            return error_response(401, "invalid_client", headers=headers)
         grant = form.get("grant_type")
         if grant is None:
-            return _error(400, "invalid_request", error_description="grant_type is required")
+            return error_response(
+                400, "invalid_request", error_description="grant_type is required"
+            )
         if grant != "client_credentials":
-            return _error(400, "unsupported_grant_type")
+            return error_response(400, "unsupported_grant_type")
         return JSONResponse(
             {"access_token": tokens.issue(), "token_type": "Bearer", "expires_in": tokens.ttl_s},
             headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
@@ -169,13 +161,10 @@ def create_app(config: EmploymentSandboxConfig) -> FastAPI:
         if not tokens.valid(request.headers.get("authorization")):
             return unauthorized()
         if not key or len(key) > MAX_IDEMPOTENCY_KEY:
-            return _error(400, "missing_idempotency_key")
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            return _error(400, "invalid_json")
-        if not isinstance(body, dict):
-            return _error(422, "validation_failed", errors=[{"field": "", "message": "object"}])
+            return error_response(400, "missing_idempotency_key")
+        body = request_object(await request.body())
+        if isinstance(body, JSONResponse):
+            return body
         if (invalid := _missing_referral_id(body)) is not None:
             return invalid
         year = utc_now().year
@@ -184,7 +173,7 @@ def create_app(config: EmploymentSandboxConfig) -> FastAPI:
                 key, body["hub_referral_id"], body, lambda n: f"DYPA-{year}-{n:06d}"
             )
         except IdempotencyKeyReused:
-            return _error(422, "idempotency_key_reused")
+            return error_response(422, "idempotency_key_reused")
         assert rec.reference is not None
         answer = {"registration_number": rec.reference, "status": "received"}
         if not is_new:
@@ -205,7 +194,7 @@ def create_app(config: EmploymentSandboxConfig) -> FastAPI:
             return unauthorized()
         rec = ledger.by_reference(registration_number)
         if rec is None:
-            return _error(404, "not_found")
+            return error_response(404, "not_found")
         return JSONResponse(
             {"registration_number": registration_number, "status": registration_status(rec)}
         )

@@ -16,6 +16,7 @@ from connectors.sandbox_kit import (
     IdempotencyKeyReused,
     PushingSandboxConfig,
     apply_faults,
+    error_response,
     sandbox_app,
 )
 
@@ -31,10 +32,6 @@ class LifelongLearningSandboxConfig(PushingSandboxConfig):
     agency_id: str = "kozani-lifelong-learning"
     capacity: int = Field(default=50, ge=0, description="places; after them, waitlisted")
     reject_every: int = Field(default=10, ge=0, description="every n-th rejected; 0: none")
-
-
-def _error(status_code: int, error: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": error, **extra}, status_code=status_code)
 
 
 def _invalid(body: dict[str, Any]) -> list[str]:
@@ -65,7 +62,11 @@ def create_app(config: LifelongLearningSandboxConfig) -> FastAPI:
         if (fault := await apply_faults(faults, key=key)) is not None:
             return fault
         tls = (request.scope.get("extensions") or {}).get("tls") or {}
-        return None if tls.get("client_cert_chain") else _error(401, "client_certificate_required")
+        return (
+            None
+            if tls.get("client_cert_chain")
+            else error_response(401, "client_certificate_required")
+        )
 
     @app.post("/v1/enrolments", status_code=201)
     async def enrol(request: Request) -> Response:
@@ -74,18 +75,18 @@ def create_app(config: LifelongLearningSandboxConfig) -> FastAPI:
         if (refused := await refusal(request, key or None)) is not None:
             return refused
         if not key or len(key) > 255:
-            return _error(400, "missing_idempotency_key")
+            return error_response(400, "missing_idempotency_key")
         try:
             body = json.loads(raw)
         except ValueError:
-            return _error(400, "invalid_json")
+            return error_response(400, "invalid_json")
         if fields := _invalid(body) if isinstance(body, dict) else [""]:
-            return _error(422, "validation_failed", errors=[{"field": f} for f in fields])
+            return error_response(422, "validation_failed", errors=[{"field": f} for f in fields])
         try:
             numbered = lambda n: f"KDBM-KOZ-{n:06d}"  # noqa: E731
             rec, is_new = ledger.record(key, body["hub_referral_id"], body, numbered)
         except IdempotencyKeyReused:
-            return _error(422, "idempotency_key_reused")
+            return error_response(422, "idempotency_key_reused")
         reference = str(rec.reference)
         if is_new:
             steps = [(0.0, "received"), (config.decision_delay_s, status(reference))]
@@ -98,7 +99,7 @@ def create_app(config: LifelongLearningSandboxConfig) -> FastAPI:
         if (refused := await refusal(request)) is not None:
             return refused
         if ledger.by_reference(enrolment_id) is None:
-            return _error(404, "not_found")
+            return error_response(404, "not_found")
         return JSONResponse({"enrolment_id": enrolment_id, "status": status(enrolment_id)})
 
     @app.post("/v1/enrolments/{enrolment_id}/cancel")
@@ -107,7 +108,7 @@ def create_app(config: LifelongLearningSandboxConfig) -> FastAPI:
         if (refused := await refusal(request)) is not None:
             return refused
         if (rec := ledger.by_reference(enrolment_id)) is None:
-            return _error(404, "not_found")
+            return error_response(404, "not_found")
         if enrolment_id not in cancelled:
             cancelled.add(enrolment_id)
             steps = [(config.decision_delay_s + 0.1, "withdrawn")]

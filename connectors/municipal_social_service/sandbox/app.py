@@ -12,7 +12,6 @@ body it is refused with 409, since the hub must never reuse an id for different 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -33,6 +32,8 @@ from connectors.sandbox_kit import (
     StatusPusher,
     add_sandbox_routes,
     apply_faults,
+    error_response,
+    request_object,
     utc_now,
 )
 from diasyndesi_sdk.webhooks import WebhookError, decode_secret, sign, verify
@@ -101,10 +102,6 @@ def push_headers(secret: str) -> Callable[[bytes], dict[str, str]]:
     return headers_for
 
 
-def _error(status_code: int, error: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": error, **extra}, status_code=status_code)
-
-
 def _invalid(body: dict[str, Any]) -> list[dict[str, str]]:
     """Field-level problems of a case request (names and rules only, never values)."""
     errors: list[dict[str, str]] = []
@@ -155,7 +152,7 @@ class _Municipality:
         try:
             return verify(self.secret, request.headers, body, tolerance_s=self.config.tolerance_s)
         except WebhookError as exc:
-            return _error(401, "invalid_signature", reason=exc.reason)
+            return error_response(401, "invalid_signature", reason=exc.reason)
 
     async def open_case(self, request: Request) -> Response:
         """Open a social-service case for a referred citizen; idempotent per ``webhook-id``."""
@@ -169,25 +166,22 @@ class _Municipality:
         if isinstance(msg_id, JSONResponse):
             return msg_id
         if len(msg_id) > MAX_MESSAGE_ID:
-            return _error(400, "message_id_too_long")
+            return error_response(400, "message_id_too_long")
         key = request.headers.get("idempotency-key")
         if key is not None and key != msg_id:
-            return _error(400, "idempotency_key_mismatch")
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return _error(400, "invalid_json")
-        if not isinstance(body, dict):
-            return _error(422, "validation_failed", errors=[{"field": "", "message": "object"}])
+            return error_response(400, "idempotency_key_mismatch")
+        body = request_object(raw)
+        if isinstance(body, JSONResponse):
+            return body
         if errors := _invalid(body):
-            return _error(422, "validation_failed", errors=errors)
+            return error_response(422, "validation_failed", errors=errors)
         prefix, year = case_prefix(self.agency), utc_now().year
         try:
             rec, is_new = self.ledger.record(
                 msg_id, body["hub_referral_id"], body, lambda n: f"{prefix}-{year}-{n:05d}"
             )
         except IdempotencyKeyReused:
-            return _error(409, "webhook_id_reused")
+            return error_response(409, "webhook_id_reused")
         assert rec.reference is not None
         answer = {"case_number": rec.reference, "status": "received"}
         if not is_new:
@@ -208,7 +202,7 @@ class _Municipality:
             return verified
         rec = self.ledger.by_reference(case_number)
         if rec is None:
-            return _error(404, "not_found")
+            return error_response(404, "not_found")
         return JSONResponse({"case_number": case_number, "status": self.status_of(rec)})
 
     def status_of(self, rec: ReceivedRecord) -> str:

@@ -13,19 +13,21 @@ here), so a restarted sandbox with the same `state_file` answers the same way.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ConfigDict, Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field
 
 from connectors.sandbox_kit import (
     IdempotencyKeyReused,
+    NonEmptySecret,
     PushingSandboxConfig,
     apply_faults,
+    error_response,
+    request_object,
     sandbox_app,
 )
 
@@ -42,20 +44,9 @@ class SocialGrocerySandboxConfig(PushingSandboxConfig):
 
     model_config = ConfigDict(extra="forbid")
 
-    api_key: SecretStr
+    api_key: NonEmptySecret
     capacity: int = Field(default=50, ge=0, description="places before households wait")
     agency_id: str = "kozani-social-grocery"
-
-    @field_validator("api_key")
-    @classmethod
-    def _key_not_empty(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value():
-            raise ValueError("api_key must not be empty")
-        return value
-
-
-def _error(status_code: int, error: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": error, **extra}, status_code=status_code)
 
 
 def _greek_fields(value: Any, path: str = "") -> list[str]:
@@ -114,21 +105,18 @@ def create_app(config: SocialGrocerySandboxConfig) -> FastAPI:
         if (fault := await apply_faults(faults, key=key or None)) is not None:
             return fault
         if not authorised(request):
-            return _error(401, "invalid_api_key")
+            return error_response(401, "invalid_api_key")
         if not key or len(key) > MAX_IDEMPOTENCY_KEY:
-            return _error(400, "missing_idempotency_key")
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            return _error(400, "invalid_json")
-        if not isinstance(body, dict):
-            return _error(422, "validation_failed", errors=[{"field": "", "message": "object"}])
+            return error_response(400, "missing_idempotency_key")
+        body = request_object(await request.body())
+        if isinstance(body, JSONResponse):
+            return body
         if errors := _invalid(body):
-            return _error(422, "validation_failed", errors=errors)
+            return error_response(422, "validation_failed", errors=errors)
         try:
             rec, is_new = ledger.record(key, body["external_id"], body, lambda n: f"SG-KOZ-{n:06d}")
         except IdempotencyKeyReused:
-            return _error(422, "idempotency_key_reused")
+            return error_response(422, "idempotency_key_reused")
         assert rec.reference is not None
         status = decision(rec.reference)
         answer = {"case_id": rec.reference, "status": status}
@@ -147,10 +135,10 @@ def create_app(config: SocialGrocerySandboxConfig) -> FastAPI:
         if (fault := await apply_faults(faults)) is not None:
             return fault
         if not authorised(request):
-            return _error(401, "invalid_api_key")
+            return error_response(401, "invalid_api_key")
         rec = ledger.by_reference(case_id)
         if rec is None:
-            return _error(404, "not_found")
+            return error_response(404, "not_found")
         return JSONResponse(
             {"case_id": case_id, "external_id": rec.referral_id, "status": decision(case_id)}
         )
