@@ -81,7 +81,7 @@ async def sandbox_get(client: Client, agency: str, what: str) -> dict[str, Any]:
 async def test_e_throttling_agency_429_retry_after_is_honoured(
     hub: HubProcess, client_for: Callable[[HubProcess], Client]
 ) -> None:
-    """ΔΥΠΑ answers ~40% of calls 429 with ``Retry-After: 2``; 100 four-agency referrals.
+    """ΔΥΠΑ answers ~40% of calls 429 with ``Retry-After: 2``; 100 five-agency referrals.
     The sandbox counts every repeat of an idempotency key that comes before its
     Retry-After has passed: there must be none, and nothing may be dead-lettered."""
     await asyncio.to_thread(hub.start)

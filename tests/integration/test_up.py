@@ -1,5 +1,5 @@
 """``diasyndesi up`` is production in miniature: a process tree of the broker, ``serve``, a
-worker and the sandbox agencies. The real command, as a user runs it: a four-agency
+worker and the sandbox agencies. The real command, as a user runs it: a five-agency
 referral is delivered everywhere, a SIGKILLed worker is restarted and delivers again, and
 one Ctrl+C (SIGINT) stops every process of the tree."""
 
