@@ -20,7 +20,7 @@ from hub.errors import ConfigurationError
 from hub.families import family_spec
 from hub.registry import Registry
 from hub.runtime import Hub
-from hub.settings import ConsumerSettings, RetrySettings, Settings
+from hub.settings import AgencyConnection, ConsumerSettings, RetrySettings, Settings
 from tests.databases import fresh_database_url
 
 
@@ -129,12 +129,17 @@ def decided(view: dict[str, Any]) -> bool:
     return all(a["status"] == "accepted" for a in view["agencies"])
 
 
-async def start_embedded(folder: Path, attempts: int = 3) -> Embedded:
+async def start_embedded(
+    folder: Path, attempts: int = 3, agencies: dict[str, AgencyConnection] | None = None
+) -> Embedded:
     """The embedded stack on free ports. ``free_port`` only finds a port that was free a
     moment ago: when another process takes one first the start is refused ("cannot
     listen"), so the half-started stack is stopped and started again on other ports."""
     for attempt in range(1, attempts + 1):
-        embedded = Embedded(make_settings(folder / f"try-{attempt}"))
+        settings = make_settings(folder / f"try-{attempt}")
+        if agencies:  # what an operator set, over the sandboxes' own settings
+            settings = settings.model_copy(update={"agencies": agencies})
+        embedded = Embedded(settings)
         try:
             await embedded.start()
         except ConfigurationError as exc:

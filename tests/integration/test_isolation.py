@@ -3,16 +3,21 @@ delays another agency; outside consumers can read the hub's records with the Clo
 
 from __future__ import annotations
 
+import json
 import uuid
+from pathlib import Path
 from typing import Any
 
+import aiohttp
+import trustme
 from aiokafka import AIOKafkaConsumer
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary
 from cloudevents.core.formats.json import JSONFormat
 
 from hub.samples import sample_referral
+from hub.settings import AgencyConnection
 from schemas.events import REFERRAL_SUBMITTED, TOPIC_REFERRALS
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, start_embedded
 
 EVERYONE = ["GMI", "UNEMPLOYMENT_REGISTRATION", "SOCIAL_GROCERY", "HELP_AT_HOME"]
 
@@ -156,3 +161,44 @@ async def test_outside_consumers_read_the_hub_records_with_the_cloudevents_sdk(
     assert isinstance(data, dict)
     assert data["referral"]["id"] == answer["id"]
     assert data["referral"]["routed"] == ["dypa"]
+
+
+async def test_a_certificate_problem_dead_letters_only_that_agency(tmp_path: Path) -> None:
+    """The lifelong-learning centre's server certificate is not signed by the CA the hub
+    trusts for it (a misconfigured CA file): its deliveries are dead-lettered at once as
+    ``tls`` (nothing of the path in the reason), and every other agency is unaffected."""
+    stranger = tmp_path / "stranger-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(stranger))
+    wrong_ca = {"kozani-lifelong-learning": AgencyConnection.model_validate({"ca_file": stranger})}
+    embedded = await start_embedded(tmp_path / "stack", agencies=wrong_ca)
+    try:
+        async with aiohttp.ClientSession() as session:
+            stack = Stack(embedded, session)
+            body = sample_referral(programmes=[*EVERYONE, "ADULT_EDUCATION"], seed=303)
+            answer = await stack.submit(body)
+
+            def settled(view: dict[str, Any]) -> bool:
+                return all(
+                    a["delivery"] in {"delivered", "dead_lettered"} for a in view["agencies"]
+                )
+
+            [view] = await stack.wait_for([answer["id"]], settled, timeout_s=30)
+            operator = {"Authorization": f"Bearer {stack.token('operators', 'operator')}"}
+            async with session.get(f"{stack.url}/v1/ops/dlq", headers=operator) as response:
+                [letter] = await response.json()
+    finally:
+        await embedded.stop()
+    agencies = by_agency(view)
+    learning = agencies.pop("kozani-lifelong-learning")
+    assert (learning["delivery"], learning["error_class"], learning["attempts"]) == (
+        "dead_lettered",
+        "tls",
+        1,
+    )
+    assert all(a["delivery"] == "delivered" for a in agencies.values())
+    assert (letter["agency"], letter["error_class"], letter["permanent"]) == (
+        "kozani-lifelong-learning",
+        "tls",
+        True,
+    )
+    assert str(stranger) not in json.dumps(letter)
