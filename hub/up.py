@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +135,23 @@ def plan(settings: Settings, agencies: list[str]) -> Plan:
         env["STATUS_POLL_S"] = "2"  # the sandboxes are local
     env.update(agency_env(settings, families, ports))
     return Plan(settings, broker, api, ports, workers, env)
+
+
+async def prepare_apart(settings: Settings) -> None:
+    """``prepare`` in a short-lived forked child: the migrations and the certificates need
+    SQLAlchemy, Alembic and trustme (~50 MB), which the supervisor, alive as long as the tree,
+    should not keep. A refusal comes back as the same error."""
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        await asyncio.get_running_loop().run_in_executor(pool, _prepare_in_child, settings)
+
+
+def _prepare_in_child(settings: Settings) -> None:
+    from hub.sandboxes import sandbox_families, state_dir
+
+    asyncio.run(prepare(settings))
+    for family in sandbox_families(settings):
+        family.sandbox.prepare(state_dir(settings, family))
 
 
 async def prepare(settings: Settings) -> None:
@@ -269,9 +288,9 @@ async def run_up(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     tree = ProcessTree(initial_s=settings.task_restart_initial_s, max_s=settings.task_restart_max_s)
+    await prepare_apart(settings)
     p = plan(settings, agencies)
     try:
-        await prepare(settings)
         bringing_up = asyncio.ensure_future(bring_up(tree, p))
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait({bringing_up, stopped}, return_when=asyncio.FIRST_COMPLETED)

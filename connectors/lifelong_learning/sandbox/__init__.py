@@ -17,10 +17,11 @@ class LifelongLearningSandbox(Sandbox):
     scheme = "https"
 
     def prepare(self, state_dir: Path) -> None:
-        from connectors.sandbox_kit.certs import write_dev_certs
+        if (state_dir / "tls" / "client.key").exists():
+            return  # made at an earlier start
+        from connectors.sandbox_kit.certs import write_dev_certs  # trustme: only when needed
 
-        if not (state_dir / "tls" / "client.key").exists():
-            write_dev_certs(state_dir / "tls")
+        write_dev_certs(state_dir / "tls")
 
     def connection(self, agency: str, url: str, state_dir: Path) -> dict[str, str]:
         tls = state_dir / "tls"
