@@ -88,6 +88,21 @@ class PushJournal:
                 result.append((push_id, entry["referral_id"], entry["reference"], steps))
         return result
 
+    def referrals(self) -> set[str]:
+        """Every referral with a push in the journal (owed or taken)."""
+        if not self.path.exists():
+            return set()
+        found = set()
+        with self.path.open(encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    entry = json.loads(line)
+                    if entry["op"] == "add":
+                        found.add(str(entry["referral_id"]))
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return found
+
     def compact(self) -> None:
         """Rewrite the journal with only what is still owed (called at start)."""
         if not self.path.exists():
@@ -143,6 +158,7 @@ class StatusPusher:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._answered: set[str] = set()  # referrals whose answer is scheduled (see answer_once)
 
     @property
     def enabled(self) -> bool:
@@ -153,6 +169,7 @@ class StatusPusher:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         if self._journal is not None and self.enabled and not self._resumed:
             self._resumed = True
+            self._answered |= self._journal.referrals()  # before compacting forgets some
             owed = self._journal.pending()
             self._journal.compact()
             for push_id, referral_id, reference, steps in owed:
@@ -178,12 +195,24 @@ class StatusPusher:
         if not self.enabled:
             return None
         push_id = uuid.uuid4().hex
+        self._answered.add(referral_id)
         now = time.time()
         due = [(now + delay_s, status) for delay_s, status in steps]
         if self._journal is not None:
             self._journal.add(push_id, referral_id, reference, due)
         indexed = [(i, at, status) for i, (at, status) in enumerate(due)]
         return self._spawn(self._run(push_id, referral_id, reference, indexed))
+
+    def answer_once(
+        self, referral_id: str, reference: str, steps: list[tuple[float, str]]
+    ) -> asyncio.Task[None] | None:
+        """``schedule``, unless this referral's answer was already scheduled. Called for a
+        new referral and for a repeat alike: killed between recording a referral and
+        journalling its answer, the sandbox owes it, and the hub's repeat (same key) is
+        the moment to make good (found by the fault suite's whole-tree SIGKILL)."""
+        if referral_id in self._answered:
+            return None
+        return self.schedule(referral_id, reference, steps)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)

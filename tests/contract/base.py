@@ -115,6 +115,23 @@ class Harness:
             return await response.json()
 
 
+def personal_values(payload: Any) -> set[str]:
+    """Every string of the mapped payload longer than 3 characters (names, identifiers)."""
+    if isinstance(payload, dict):
+        return {v for value in payload.values() for v in personal_values(value)}
+    if isinstance(payload, list):
+        return {v for value in payload for v in personal_values(value)}
+    return {payload} if isinstance(payload, str) and len(payload) > 3 else set()
+
+
+def assert_quotes_nothing_personal(error: Exception, delivery: Delivery) -> None:
+    """A failure's message names the call and the cause, never a value the referral carried
+    (it reaches logs, dead letters and the operators' screens)."""
+    message = str(error)
+    leaked = sorted(v for v in personal_values(delivery.payload) if v in message)
+    assert not leaked, f"the message quotes payload values: {leaked}"
+
+
 async def start_harness(family: str, folder: Path) -> Harness:
     spec = installed_families()[family]
     sandbox = spec.load_sandbox()
@@ -191,16 +208,32 @@ class ConnectorContract:
         await harness.call_sandbox(
             "POST", "faults", {"fail_rate": 1.0, "status": 503, "retry_after_s": 7}
         )
+        delivery = harness.delivery()
         with pytest.raises(RetryableError) as caught:
-            await connector.deliver(harness.delivery())
+            await connector.deliver(delivery)
         assert caught.value.error_class == "http_503"
         assert caught.value.retry_after_s == 7.0
+        assert_quotes_nothing_personal(caught.value, delivery)
         assert (await harness.call_sandbox("GET", "stats"))["accepted"] == 0
+
+    async def test_delivers_once_the_fault_clears(
+        self, harness: Harness, connector: Connector
+    ) -> None:
+        await harness.call_sandbox("POST", "faults", {"fail_rate": 1.0, "status": 503})
+        delivery = harness.delivery()
+        with pytest.raises(RetryableError):
+            await connector.deliver(delivery)
+        await harness.call_sandbox("POST", "faults", {})
+        receipt = await connector.deliver(delivery)  # the same delivery, as the hub retries it
+        assert receipt.reference
+        assert (await harness.call_sandbox("GET", "stats"))["accepted"] == 1
 
     async def test_a_refusal_is_permanent(self, harness: Harness, connector: Connector) -> None:
         await harness.call_sandbox("POST", "faults", {"fail_rate": 1.0, "status": 400})
+        delivery = harness.delivery()
         with pytest.raises(PermanentError) as caught:
-            await connector.deliver(harness.delivery())
+            await connector.deliver(delivery)
+        assert_quotes_nothing_personal(caught.value, delivery)
         # "http_400", or the protocol's own word for it (a SOAP Sender fault)
         assert caught.value.error_class in ("http_400", "soap_client_fault")
 
@@ -217,9 +250,11 @@ class ConnectorContract:
         self, harness: Harness, connector: Connector
     ) -> None:
         await harness.call_sandbox("POST", "faults", {"malformed_rate": 1.0})
+        delivery = harness.delivery()
         with pytest.raises(RetryableError) as caught:
-            await connector.deliver(harness.delivery())
+            await connector.deliver(delivery)
         assert caught.value.error_class == "malformed_response"
+        assert_quotes_nothing_personal(caught.value, delivery)
 
     async def test_a_slow_agency_times_out_retryably(self, harness: Harness) -> None:
         connector = harness.build(harness.connection(timeout_s=0.3))
@@ -229,6 +264,7 @@ class ConnectorContract:
             with pytest.raises(RetryableError) as caught:
                 await connector.deliver(harness.delivery())
             assert caught.value.error_class == "timeout"
+            assert str(caught.value).endswith("timed out")
         finally:
             await connector.stop()
 

@@ -93,3 +93,34 @@ async def test_a_refused_push_is_not_owed_again(tmp_path: Path) -> None:
         assert PushJournal(path).pending() == []
     finally:
         await hub.stop()
+
+
+async def test_an_answer_is_scheduled_once_across_repeats_and_restarts(tmp_path: Path) -> None:
+    """A sandbox killed between recording a referral and journalling its answer owes it:
+    the hub's repeat of the same delivery schedules it then, and only then (the fault
+    suite's whole-tree SIGKILL lost one such answer)."""
+    hub = FakeHub()
+    await hub.start()
+    path = tmp_path / "dypa.pushes.jsonl"
+    try:
+        first = StatusPusher("dypa", hub.url, "token", journal=path)
+        await first.start()
+        assert first.answer_once("ref-1", "R1", [(0.0, "received")]) is not None
+        assert first.answer_once("ref-1", "R1", [(0.0, "received")]) is None  # a repeat
+        await hub.wait_for(1)
+        for _ in range(100):  # the hub took it; wait for the journal to say so
+            if not PushJournal(path).pending():
+                break
+            await asyncio.sleep(0.01)
+        await first.close()
+
+        again = StatusPusher("dypa", hub.url, "token", journal=path)  # the sandbox restarted
+        await again.start()
+        assert again.answer_once("ref-1", "R1", [(0.0, "received")]) is None  # answered before
+        # recorded, then killed before its answer was journalled: the repeat makes good
+        assert again.answer_once("ref-2", "R2", [(0.0, "received")]) is not None
+        await hub.wait_for(2)
+        await again.close()
+    finally:
+        await hub.stop()
+    assert [body["referral_id"] for _, _, body in hub.pushes] == ["ref-1", "ref-2"]

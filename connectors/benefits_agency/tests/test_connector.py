@@ -18,7 +18,6 @@ from fastapi import FastAPI
 from connectors.benefits_agency.connector import BenefitsAgencyConnector
 from connectors.benefits_agency.sandbox.app import BenefitsSandboxConfig, create_app
 from diasyndesi_sdk.connector import Delivery, idempotency_key
-from hub.broker import free_port
 from hub.errors import DeliveryError, PermanentError, RetryableError
 from hub.samples import make_amka
 from hub.servers import RunningServer, start_server
@@ -186,18 +185,6 @@ async def assert_classified(
     return caught.value
 
 
-async def test_503_is_retryable(
-    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
-) -> None:
-    connector = await make_connector()
-    await sandbox_post(sandbox[1], "/_sandbox/faults", {"outage_s": 30, "status": 503})
-    error = await assert_classified(connector, RetryableError, "http_503")
-    assert str(error) == "status: agency answered 503"
-    assert error.retry_after_s is not None
-    assert 25 <= error.retry_after_s <= 30
-    assert submissions(sandbox[0])["received"] == 0
-
-
 async def test_receiver_fault_is_retryable(
     sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
 ) -> None:
@@ -246,23 +233,6 @@ async def test_wrong_password_is_retryable_auth_rejected(
     assert "not-the-password" not in str(error)
 
 
-async def test_closed_port_is_a_retryable_connection_error(
-    make_connector: ConnectorFactory,
-) -> None:
-    connector = await make_connector(base_url=f"http://127.0.0.1:{free_port()}/soap")
-    error = await assert_classified(connector, RetryableError, "connection")
-    assert str(error).startswith("status: ")
-
-
-async def test_slow_agency_is_a_retryable_timeout(
-    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
-) -> None:
-    connector = await make_connector(timeout_s=0.1)
-    await sandbox_post(sandbox[1], "/_sandbox/faults", {"latency_ms": 500})
-    error = await assert_classified(connector, RetryableError, "timeout")
-    assert str(error) == "status: timed out"
-
-
 @pytest.mark.parametrize(
     ("mode", "error_class"),
     [
@@ -307,16 +277,3 @@ async def test_external_entity_answer_never_leaks_the_file(
         await report
     assert caught.value.error_class == "unsafe_response"
     assert "MARKER-91c2-XXE" not in str(caught.value)
-
-
-async def test_delivery_succeeds_once_the_fault_clears(
-    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
-) -> None:
-    connector = await make_connector()
-    await sandbox_post(sandbox[1], "/_sandbox/faults", {"fail_rate": 1.0, "status": 503})
-    with pytest.raises(RetryableError):
-        await connector.deliver(delivery())
-    await sandbox_post(sandbox[1], "/_sandbox/faults", {"fail_rate": 0.0})
-    receipt = await connector.deliver(delivery())
-    assert receipt.duplicate is False
-    assert submissions(sandbox[0]) == {"received": 1, "accepted": 1, "duplicates": 0}

@@ -176,14 +176,12 @@ def create_app(config: EmploymentSandboxConfig) -> FastAPI:
             return error_response(422, "idempotency_key_reused")
         assert rec.reference is not None
         answer = {"registration_number": rec.reference, "status": "received"}
-        if not is_new:
-            return JSONResponse(answer, status_code=200)
-        pusher.schedule(
+        pusher.answer_once(
             rec.referral_id,
             rec.reference,
             [(0.0, "received"), (config.decision_delay_s, config.decision)],
         )
-        return JSONResponse(answer, status_code=201)
+        return JSONResponse(answer, status_code=201 if is_new else 200)
 
     @app.get("/api/v1/registrations/{registration_number}", tags=["registrations"])
     async def registration(registration_number: str, request: Request) -> Response:

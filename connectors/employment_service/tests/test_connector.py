@@ -14,7 +14,6 @@ from fastapi import FastAPI
 from connectors.employment_service.connector import EmploymentServiceConnector
 from connectors.employment_service.sandbox.app import EmploymentSandboxConfig, create_app
 from diasyndesi_sdk.connector import Delivery, Receipt, idempotency_key
-from hub.broker import free_port
 from hub.errors import PermanentError, RetryableError
 from hub.mapping import load_mapping
 from hub.samples import sample_referral
@@ -181,18 +180,6 @@ async def test_agency_http_errors_are_classified(
     assert sandbox[0].state.ledger.stats()["received"] == 0
 
 
-async def test_outage_carries_the_agency_retry_after(
-    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
-) -> None:
-    connector = await make_connector()
-    await set_faults(sandbox[1], outage_s=30, status=503)
-    with pytest.raises(RetryableError) as caught:
-        await connector.deliver(delivery())
-    assert caught.value.error_class == "http_503"
-    assert caught.value.retry_after_s is not None
-    assert 25 <= caught.value.retry_after_s <= 30
-
-
 async def test_wrong_client_secret_is_retryable_auth_rejected(
     sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
 ) -> None:
@@ -204,48 +191,3 @@ async def test_wrong_client_secret_is_retryable_auth_rejected(
     assert str(caught.value) == "token: credentials refused (HTTP 401)"
     assert "not-the-secret" not in str(caught.value)
     assert sandbox[0].state.ledger.stats()["received"] == 0
-
-
-async def test_closed_port_is_a_retryable_connection_error(
-    make_connector: ConnectorFactory,
-) -> None:
-    connector = await make_connector(base_url=f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(RetryableError) as caught:
-        await connector.deliver(delivery())
-    assert caught.value.error_class == "connection"
-    assert str(caught.value).startswith("token: ")
-
-
-async def test_slow_agency_is_a_retryable_timeout(
-    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
-) -> None:
-    connector = await make_connector(timeout_s=0.1)
-    await set_faults(sandbox[1], latency_ms=500)
-    with pytest.raises(RetryableError) as caught:
-        await connector.deliver(delivery())
-    assert caught.value.error_class == "timeout"
-    assert str(caught.value) == "register: timed out"
-
-
-async def test_non_json_answer_is_a_retryable_malformed_response(
-    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
-) -> None:
-    connector = await make_connector()
-    await set_faults(sandbox[1], malformed_rate=1.0)
-    with pytest.raises(RetryableError) as caught:
-        await connector.deliver(delivery())
-    assert caught.value.error_class == "malformed_response"
-    assert str(caught.value) == "register: answer is not a JSON object"
-
-
-async def test_delivery_succeeds_once_the_fault_clears(
-    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
-) -> None:
-    connector = await make_connector()
-    await set_faults(sandbox[1], fail_rate=1.0, status=503)
-    with pytest.raises(RetryableError):
-        await connector.deliver(delivery())
-    await set_faults(sandbox[1], fail_rate=0.0)
-    receipt = await connector.deliver(delivery())
-    assert receipt.duplicate is False
-    assert sandbox[0].state.ledger.stats() == {"received": 1, "accepted": 1, "duplicates": 0}

@@ -88,9 +88,8 @@ def create_app(config: LifelongLearningSandboxConfig) -> FastAPI:
         except IdempotencyKeyReused:
             return error_response(422, "idempotency_key_reused")
         reference = str(rec.reference)
-        if is_new:
-            steps = [(0.0, "received"), (config.decision_delay_s, status(reference))]
-            pusher.schedule(rec.referral_id, reference, steps)
+        steps = [(0.0, "received"), (config.decision_delay_s, status(reference))]
+        pusher.answer_once(rec.referral_id, reference, steps)
         answer = {"enrolment_id": reference, "status": status(reference)}
         return JSONResponse(answer, status_code=201 if is_new else 200)
 

@@ -160,34 +160,3 @@ async def test_answer_without_an_enrolment_id_is_malformed(certs: DevCerts) -> N
 
 
 # --------------------------------------------------------------------------- other failures
-
-
-async def test_503_with_retry_after_is_retryable_with_the_hint(
-    sandbox: Sandbox, make_connector: ConnectorFactory
-) -> None:
-    connector = await make_connector()
-    await sandbox.call("POST", "/_sandbox/faults", json={"outage_s": 30, "status": 503})
-    with pytest.raises(RetryableError) as caught:
-        await connector.deliver(delivery())
-    assert caught.value.error_class == "http_503"
-    assert caught.value.retry_after_s is not None and 25 <= caught.value.retry_after_s <= 30
-
-
-async def test_malformed_answer_is_retryable(
-    sandbox: Sandbox, make_connector: ConnectorFactory
-) -> None:
-    connector = await make_connector()
-    await sandbox.call("POST", "/_sandbox/faults", json={"malformed_rate": 1.0})
-    with pytest.raises(RetryableError) as caught:
-        await connector.deliver(delivery())
-    assert caught.value.error_class == "malformed_response"
-
-
-async def test_slow_centre_is_a_retryable_timeout(
-    sandbox: Sandbox, make_connector: ConnectorFactory
-) -> None:
-    connector = await make_connector(timeout_s=0.2)
-    await sandbox.call("POST", "/_sandbox/faults", json={"latency_ms": 1000})
-    with pytest.raises(RetryableError) as caught:
-        await connector.deliver(delivery())
-    assert (caught.value.error_class, str(caught.value)) == ("timeout", "enrol: timed out")

@@ -184,14 +184,12 @@ class _Municipality:
             return error_response(409, "webhook_id_reused")
         assert rec.reference is not None
         answer = {"case_number": rec.reference, "status": "received"}
-        if not is_new:
-            return JSONResponse(answer, status_code=200)
-        self.pusher.schedule(
+        self.pusher.answer_once(
             rec.referral_id,
             rec.reference,
             [(0.0, "received"), (self.config.decision_delay_s, self.config.decision)],
         )
-        return JSONResponse(answer, status_code=201)
+        return JSONResponse(answer, status_code=201 if is_new else 200)
 
     async def case(self, case_number: str, request: Request) -> Response:
         """Current status of one case; the (empty-bodied) request is signed like any other."""

@@ -15,7 +15,6 @@ from connectors.municipal_social_service.connector import MunicipalSocialService
 from connectors.municipal_social_service.sandbox.app import MunicipalSandboxConfig, create_app
 from diasyndesi_sdk.connector import Delivery, Receipt, idempotency_key
 from diasyndesi_sdk.webhooks import new_secret
-from hub.broker import free_port
 from hub.errors import ConfigurationError, PermanentError, RetryableError
 from hub.servers import RunningServer, start_server
 from hub.settings import AgencyConnection
@@ -197,56 +196,3 @@ async def test_same_key_with_another_body_is_permanent(make_connector: Connector
     with pytest.raises(PermanentError) as caught:
         await connector.deliver(delivery(payload={**PAYLOAD, "notes": "changed"}))
     assert caught.value.error_class == "http_409"
-
-
-async def test_outage_carries_the_agency_retry_after(
-    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
-) -> None:
-    connector = await make_connector()
-    await set_faults(sandbox[1], outage_s=30, status=503)
-    with pytest.raises(RetryableError) as caught:
-        await connector.deliver(delivery())
-    assert caught.value.retry_after_s is not None
-    assert 25 <= caught.value.retry_after_s <= 30
-
-
-async def test_closed_port_is_a_retryable_connection_error(
-    make_connector: ConnectorFactory,
-) -> None:
-    connector = await make_connector(base_url=f"http://127.0.0.1:{free_port()}/{KOZANI}")
-    with pytest.raises(RetryableError) as caught:
-        await connector.deliver(delivery())
-    assert caught.value.error_class == "connection"
-    assert str(caught.value).startswith("open_case: ")
-
-
-async def test_slow_agency_is_a_retryable_timeout(
-    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
-) -> None:
-    connector = await make_connector(timeout_s=0.1)
-    await set_faults(sandbox[1], latency_ms=500)
-    with pytest.raises(RetryableError) as caught:
-        await connector.deliver(delivery())
-    assert caught.value.error_class == "timeout"
-
-
-async def test_non_json_answer_is_a_retryable_malformed_response(
-    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
-) -> None:
-    connector = await make_connector()
-    await set_faults(sandbox[1], malformed_rate=1.0)
-    with pytest.raises(RetryableError) as caught:
-        await connector.deliver(delivery())
-    assert caught.value.error_class == "malformed_response"
-
-
-async def test_delivery_succeeds_once_the_fault_clears(
-    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
-) -> None:
-    connector = await make_connector()
-    await set_faults(sandbox[1], fail_rate=1.0, status=503)
-    with pytest.raises(RetryableError):
-        await connector.deliver(delivery())
-    await set_faults(sandbox[1], fail_rate=0.0)
-    assert (await connector.deliver(delivery())).duplicate is False
-    assert ledger_stats(sandbox) == {"received": 1, "accepted": 1, "duplicates": 0}

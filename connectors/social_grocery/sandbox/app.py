@@ -120,14 +120,12 @@ def create_app(config: SocialGrocerySandboxConfig) -> FastAPI:
         assert rec.reference is not None
         status = decision(rec.reference)
         answer = {"case_id": rec.reference, "status": status}
-        if not is_new:
-            return JSONResponse(answer, status_code=200)
-        pusher.schedule(
+        pusher.answer_once(
             rec.referral_id,
             rec.reference,
             [(0.0, "received"), (config.decision_delay_s, status)],
         )
-        return JSONResponse(answer, status_code=201)
+        return JSONResponse(answer, status_code=201 if is_new else 200)
 
     @app.get("/api/referrals/{case_id}", tags=["referrals"])
     async def case(case_id: str, request: Request) -> Response:

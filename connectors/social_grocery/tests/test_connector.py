@@ -13,7 +13,6 @@ from fastapi import FastAPI
 from connectors.social_grocery.connector import SocialGroceryConnector
 from connectors.social_grocery.sandbox.app import SocialGrocerySandboxConfig, create_app
 from diasyndesi_sdk.connector import Delivery, Receipt, idempotency_key
-from hub.broker import free_port
 from hub.errors import ConfigurationError, PermanentError, RetryableError
 from hub.servers import RunningServer, start_server
 from hub.settings import AgencyConnection
@@ -207,48 +206,6 @@ async def test_agency_http_errors_are_classified(
     assert type(caught.value) is error_type
     assert caught.value.error_class == f"http_{status}"  # type: ignore[attr-defined]
     assert sandbox[0].state.ledger.stats()["received"] == 0
-
-
-async def test_outage_carries_the_agency_retry_after(
-    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
-) -> None:
-    connector = await make_connector()
-    await set_faults(sandbox[1], outage_s=30, status=503)
-    with pytest.raises(RetryableError) as caught:
-        await connector.deliver(delivery())
-    assert caught.value.error_class == "http_503"
-    assert caught.value.retry_after_s is not None
-    assert 25 <= caught.value.retry_after_s <= 30
-
-
-async def test_closed_port_is_a_retryable_connection_error(
-    make_connector: ConnectorFactory,
-) -> None:
-    connector = await make_connector(base_url=f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(RetryableError) as caught:
-        await connector.deliver(delivery())
-    assert caught.value.error_class == "connection"
-
-
-async def test_slow_agency_is_a_retryable_timeout(
-    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
-) -> None:
-    connector = await make_connector(timeout_s=0.1)
-    await set_faults(sandbox[1], latency_ms=500)
-    with pytest.raises(RetryableError) as caught:
-        await connector.deliver(delivery())
-    assert caught.value.error_class == "timeout"
-    assert str(caught.value) == "refer_household: timed out"
-
-
-async def test_non_json_answer_is_a_retryable_malformed_response(
-    sandbox: tuple[FastAPI, RunningServer], make_connector: ConnectorFactory
-) -> None:
-    connector = await make_connector()
-    await set_faults(sandbox[1], malformed_rate=1.0)
-    with pytest.raises(RetryableError) as caught:
-        await connector.deliver(delivery())
-    assert caught.value.error_class == "malformed_response"
 
 
 async def test_start_refuses_a_missing_api_key() -> None:
