@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ssl
 from abc import abstractmethod
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import aiohttp
@@ -36,6 +37,21 @@ class PooledConnector(Connector, Generic[ClientT]):
     @abstractmethod
     def make_client(self, session: aiohttp.ClientSession) -> ClientT:
         """The agency's client on the pooled ``session``."""
+
+    def username_client(
+        self, client_class: Callable[..., ClientT], session: aiohttp.ClientSession
+    ) -> ClientT:
+        """``client_class(base_url, username, secret, timeout_s=, session=)``: the client of a
+        family that authenticates with a username and a secret (WS-Security, OAuth2 client
+        credentials); the username defaults to ``diasyndesi``."""
+        connection = self.connection
+        return client_class(
+            connection.base_url,
+            connection.username or "diasyndesi",
+            connection.secret.get_secret_value(),
+            timeout_s=connection.timeout_s,
+            session=session,
+        )
 
     @property
     def client(self) -> ClientT:

@@ -40,13 +40,7 @@ class BenefitsAgencyConnector(PooledConnector[BenefitsAgencyClient], PollsStatus
 
     def make_client(self, session: aiohttp.ClientSession) -> BenefitsAgencyClient:
         """The zeep client, built once: it parses the vendored WSDL synchronously (~ms)."""
-        return BenefitsAgencyClient(
-            self.connection.base_url,
-            self.connection.username or "diasyndesi",
-            self.connection.secret.get_secret_value(),
-            timeout_s=self.connection.timeout_s,
-            session=session,
-        )
+        return self.username_client(BenefitsAgencyClient, session)
 
     async def deliver(self, delivery: Delivery) -> Receipt:
         known = await self.client.application_status(hub_reference=delivery.idempotency_key)

@@ -16,13 +16,7 @@ class EmploymentServiceConnector(PooledConnector[EmploymentServiceClient]):
     family = "employment_service"
 
     def make_client(self, session: aiohttp.ClientSession) -> EmploymentServiceClient:
-        return EmploymentServiceClient(
-            self.connection.base_url,
-            self.connection.username or "diasyndesi",
-            self.connection.secret.get_secret_value(),
-            timeout_s=self.connection.timeout_s,
-            session=session,
-        )
+        return self.username_client(EmploymentServiceClient, session)
 
     async def deliver(self, delivery: Delivery) -> Receipt:
         registration = await self.client.register(delivery.payload, delivery.idempotency_key)
