@@ -23,6 +23,7 @@ from hub.samples import make_amka
 from hub.servers import RunningServer, start_server
 from hub.settings import AgencyConnection
 from schemas.codes import EnrollmentStatus
+from tests.family_testing import started_connectors
 
 PASSWORD = "opeka-connector-pw-1"
 EVENT_ID = "11111111-2222-4333-8444-555555555555"
@@ -78,25 +79,18 @@ ConnectorFactory = Callable[..., Awaitable[BenefitsAgencyConnector]]
 async def make_connector(
     sandbox: tuple[FastAPI, RunningServer],
 ) -> AsyncIterator[ConnectorFactory]:
-    started: list[BenefitsAgencyConnector] = []
-
-    async def factory(**overrides: Any) -> BenefitsAgencyConnector:
+    def build(**overrides: Any) -> BenefitsAgencyConnector:
         settings: dict[str, Any] = {
             "base_url": f"{sandbox[1].url}/soap",
             "username": "diasyndesi",
             "secret": PASSWORD,
             "timeout_s": 5.0,
         }
-        connector = BenefitsAgencyConnector(
-            "opeka", AgencyConnection.model_validate({**settings, **overrides})
-        )
-        await connector.start()
-        started.append(connector)
-        return connector
+        connection = AgencyConnection.model_validate({**settings, **overrides})
+        return BenefitsAgencyConnector("opeka", connection)
 
-    yield factory
-    for connector in started:
-        await connector.stop()
+    async with started_connectors(build) as factory:
+        yield factory
 
 
 async def sandbox_post(server: RunningServer, path: str, body: dict[str, Any]) -> None:

@@ -7,7 +7,6 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 from fastapi import FastAPI
 
@@ -21,6 +20,7 @@ from hub.servers import RunningServer, start_server
 from hub.settings import AgencyConnection, packaged_dir
 from schemas.codes import EnrollmentStatus
 from schemas.referral import Referral
+from tests.family_testing import sandbox_get, set_faults, started_connectors
 
 MAPPINGS = packaged_dir("mappings")
 SECRET = "sandbox-secret-for-tests"
@@ -73,9 +73,7 @@ ConnectorFactory = Callable[..., Awaitable[EmploymentServiceConnector]]
 async def make_connector(
     sandbox: tuple[FastAPI, RunningServer],
 ) -> AsyncIterator[ConnectorFactory]:
-    started: list[EmploymentServiceConnector] = []
-
-    async def factory(**overrides: Any) -> EmploymentServiceConnector:
+    def build(**overrides: Any) -> EmploymentServiceConnector:
         settings: dict[str, Any] = {
             "base_url": sandbox[1].url,
             "username": "diasyndesi",
@@ -83,29 +81,10 @@ async def make_connector(
             "timeout_s": 5.0,
         }
         connection = AgencyConnection.model_validate({**settings, **overrides})
-        connector = EmploymentServiceConnector("dypa", connection)
-        await connector.start()
-        started.append(connector)
-        return connector
+        return EmploymentServiceConnector("dypa", connection)
 
-    yield factory
-    for connector in started:
-        await connector.stop()
-
-
-async def set_faults(server: RunningServer, **knobs: Any) -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{server.url}/_sandbox/faults", json=knobs) as response,
-    ):
-        assert response.status == 200
-        assert (await response.json())["fail_rate"] == knobs.get("fail_rate", 0.0)
-
-
-async def sandbox_get(server: RunningServer, path: str) -> Any:
-    async with aiohttp.ClientSession() as session, session.get(server.url + path) as response:
-        assert response.status == 200
-        return await response.json()
+    async with started_connectors(build) as factory:
+        yield factory
 
 
 # --------------------------------------------------------------------------- success
@@ -121,7 +100,7 @@ async def test_delivery_returns_the_agency_registration_number(
     assert re.fullmatch(r"DYPA-\d{4}-\d{6}", receipt.reference)
     assert receipt.status is EnrollmentStatus.RECEIVED
     assert receipt.duplicate is False
-    received = await sandbox_get(sandbox[1], "/_sandbox/received")
+    received = await sandbox_get(sandbox[1].url, "received")
     assert len(received) == 1
     assert received[0]["idempotency_key"] == idempotency_key(EVENT_ID, "dypa")
     assert received[0]["referral_id"] == REFERRAL_ID
@@ -170,7 +149,7 @@ async def test_agency_http_errors_are_classified(
     error_type: type[Exception],
 ) -> None:
     connector = await make_connector()
-    await set_faults(sandbox[1], fail_rate=1.0, status=status)
+    await set_faults(sandbox[1].url, fail_rate=1.0, status=status)
     with pytest.raises(error_type) as caught:
         await connector.deliver(delivery())
     assert type(caught.value) is error_type

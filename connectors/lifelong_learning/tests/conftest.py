@@ -22,6 +22,7 @@ from diasyndesi_sdk.connector import Delivery, idempotency_key
 from diasyndesi_sdk.sandbox import ServerTls
 from hub.servers import RunningServer, start_server
 from tests.fake_hub import FakeHub
+from tests.family_testing import started_connectors
 
 AGENCY = "kozani-lifelong-learning"
 HUB_BEARER = secrets.token_hex(8)
@@ -106,21 +107,13 @@ ConnectorFactory = Callable[..., Awaitable[LifelongLearningConnector]]
 
 @pytest.fixture
 async def make_connector(sandbox: Sandbox, certs: DevCerts) -> AsyncIterator[ConnectorFactory]:
-    started: list[LifelongLearningConnector] = []
-
-    async def factory(
-        client: CertPair | None = None, **overrides: Any
-    ) -> LifelongLearningConnector:
+    def build(client: CertPair | None = None, **overrides: Any) -> LifelongLearningConnector:
         pair = client or certs.client
         settings = {"base_url": sandbox.server.url, "timeout_s": 5, "ca_file": certs.ca_file}
         connection = LifelongLearningConnection.model_validate(
             {**settings, "client_cert": pair.cert, "client_key": pair.key, **overrides}
         )
-        connector = LifelongLearningConnector(AGENCY, connection)
-        await connector.start()
-        started.append(connector)
-        return connector
+        return LifelongLearningConnector(AGENCY, connection)
 
-    yield factory
-    for connector in started:
-        await connector.stop()
+    async with started_connectors(build) as factory:
+        yield factory

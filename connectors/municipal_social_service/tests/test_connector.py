@@ -7,7 +7,6 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 from fastapi import FastAPI
 
@@ -19,6 +18,7 @@ from hub.errors import ConfigurationError, PermanentError, RetryableError
 from hub.servers import RunningServer, start_server
 from hub.settings import AgencyConnection
 from schemas.codes import EnrollmentStatus
+from tests.family_testing import set_faults, started_connectors
 
 KOZANI, KARPENISI = "kozani-social-service", "karpenisi-social-service"
 SECRETS = {KOZANI: new_secret(), KARPENISI: new_secret()}
@@ -72,33 +72,21 @@ ConnectorFactory = Callable[..., Awaitable[MunicipalSocialServiceConnector]]
 async def make_connector(
     sandbox: tuple[FastAPI, RunningServer],
 ) -> AsyncIterator[ConnectorFactory]:
-    started: list[MunicipalSocialServiceConnector] = []
-
-    async def factory(**overrides: Any) -> MunicipalSocialServiceConnector:
+    def build(**overrides: Any) -> MunicipalSocialServiceConnector:
         settings: dict[str, Any] = {
             "base_url": f"{sandbox[1].url}/{KOZANI}",
             "secret": SECRETS[KOZANI],
             "timeout_s": 5.0,
         }
         connection = AgencyConnection.model_validate({**settings, **overrides})
-        connector = MunicipalSocialServiceConnector(KOZANI, connection)
-        await connector.start()
-        started.append(connector)
-        return connector
+        return MunicipalSocialServiceConnector(KOZANI, connection)
 
-    yield factory
-    for connector in started:
-        await connector.stop()
+    async with started_connectors(build) as factory:
+        yield factory
 
 
 def ledger_stats(sandbox: tuple[FastAPI, RunningServer], agency: str = KOZANI) -> Any:
     return sandbox[0].state.municipalities[agency].ledger.stats()
-
-
-async def set_faults(server: RunningServer, **knobs: Any) -> None:
-    url = f"{server.url}/{KOZANI}/_sandbox/faults"
-    async with aiohttp.ClientSession() as session, session.post(url, json=knobs) as response:
-        assert response.status == 200
 
 
 # --------------------------------------------------------------------------- success
@@ -173,7 +161,7 @@ async def test_agency_http_errors_are_classified(
     error_type: type[Exception],
 ) -> None:
     connector = await make_connector()
-    await set_faults(sandbox[1], fail_rate=1.0, status=status)
+    await set_faults(f"{sandbox[1].url}/{KOZANI}", fail_rate=1.0, status=status)
     with pytest.raises(error_type) as caught:
         await connector.deliver(delivery())
     assert type(caught.value) is error_type

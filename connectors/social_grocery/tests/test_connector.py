@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 from fastapi import FastAPI
 
@@ -18,6 +17,7 @@ from hub.servers import RunningServer, start_server
 from hub.settings import AgencyConnection
 from hub.transliteration import elot743
 from schemas.codes import EnrollmentStatus
+from tests.family_testing import sandbox_get, set_faults, started_connectors
 
 AGENCY = "kozani-social-grocery"
 API_KEY = "grocery-key-for-tests"
@@ -79,34 +79,14 @@ ConnectorFactory = Callable[..., Awaitable[SocialGroceryConnector]]
 async def make_connector(
     sandbox: tuple[FastAPI, RunningServer],
 ) -> AsyncIterator[ConnectorFactory]:
-    started: list[SocialGroceryConnector] = []
-
-    async def factory(**overrides: Any) -> SocialGroceryConnector:
+    def build(**overrides: Any) -> SocialGroceryConnector:
         settings: dict[str, Any] = {"base_url": sandbox[1].url, "secret": API_KEY, "timeout_s": 5}
-        connector = SocialGroceryConnector(
+        return SocialGroceryConnector(
             AGENCY, AgencyConnection.model_validate({**settings, **overrides})
         )
-        await connector.start()
-        started.append(connector)
-        return connector
 
-    yield factory
-    for connector in started:
-        await connector.stop()
-
-
-async def set_faults(server: RunningServer, **knobs: Any) -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{server.url}/_sandbox/faults", json=knobs) as response,
-    ):
-        assert response.status == 200
-
-
-async def sandbox_get(server: RunningServer, path: str) -> Any:
-    async with aiohttp.ClientSession() as session, session.get(server.url + path) as response:
-        assert response.status == 200
-        return await response.json()
+    async with started_connectors(build) as factory:
+        yield factory
 
 
 # --------------------------------------------------------------------------- success
@@ -120,7 +100,7 @@ async def test_referral_returns_the_grocery_case_id(
     assert receipt == Receipt(
         reference="SG-KOZ-000001", status=EnrollmentStatus.ACCEPTED, duplicate=False
     )
-    received = await sandbox_get(sandbox[1], "/_sandbox/received")
+    received = await sandbox_get(sandbox[1].url, "received")
     assert len(received) == 1
     assert received[0]["idempotency_key"] == idempotency_key(EVENT_ID, AGENCY)
     assert received[0]["referral_id"] == REFERRAL_ID
@@ -200,7 +180,7 @@ async def test_agency_http_errors_are_classified(
     error_type: type[Exception],
 ) -> None:
     connector = await make_connector()
-    await set_faults(sandbox[1], fail_rate=1.0, status=status)
+    await set_faults(sandbox[1].url, fail_rate=1.0, status=status)
     with pytest.raises(error_type) as caught:
         await connector.deliver(delivery())
     assert type(caught.value) is error_type
