@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import aiohttp
+import httpx
 
 from diasyndesi_sdk.connector import Connector
 
@@ -33,6 +34,15 @@ async def started_connectors(
     finally:
         for connector in started:
             await connector.stop()
+
+
+async def asgi_client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to ``app`` in process, its lifespan entered (ASGITransport
+    does not run it), so a sandbox's status pusher opens and closes as when served."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as client:
+            yield client
 
 
 async def set_faults(admin_url: str, **knobs: Any) -> dict[str, Any]:

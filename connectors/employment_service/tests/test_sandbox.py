@@ -16,17 +16,10 @@ from fastapi import FastAPI
 from connectors.employment_service.sandbox.app import EmploymentSandboxConfig, create_app
 from connectors.sandbox_kit import StatusPusher
 from tests.fake_hub import FakeHub
+from tests.family_testing import asgi_client
 
 SECRET = "s3cret-for-tests"
 HUB_TOKEN = "hub-token-dypa"
-
-
-@pytest.fixture
-async def hub() -> AsyncIterator[FakeHub]:
-    fake = FakeHub()
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 AppFactory = Callable[..., FastAPI]
@@ -47,17 +40,9 @@ def make_app(hub: FakeHub, tmp_path: Path) -> AppFactory:
     return factory
 
 
-async def _running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    # ASGITransport does not run the lifespan; enter it so the pusher opens and closes.
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://dypa") as client:
-            yield client
-
-
 @pytest.fixture
 async def client(make_app: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in _running(make_app()):
+    async for c in asgi_client(make_app()):
         yield c
 
 
@@ -147,7 +132,7 @@ async def test_missing_or_unknown_bearer_is_invalid_token(client: httpx.AsyncCli
 
 
 async def test_expired_token_is_refused(make_app: AppFactory) -> None:
-    async for client in _running(make_app(token_ttl_s=1)):
+    async for client in asgi_client(make_app(token_ttl_s=1)):
         token = await _token(client)
         await asyncio.sleep(1.05)
         resp = await _register(client, "k-exp", PAYLOAD, token=token)
@@ -246,12 +231,12 @@ async def test_reused_key_with_other_body_is_422(client: httpx.AsyncClient) -> N
 
 
 async def test_state_file_survives_restart(make_app: AppFactory, tmp_path: Path) -> None:
-    async for first_client in _running(make_app()):
+    async for first_client in asgi_client(make_app()):
         created = await _register(first_client, "k-persist", PAYLOAD)
         assert created.status_code == 201
     assert (tmp_path / "dypa.jsonl").exists()
 
-    async for second_client in _running(make_app()):
+    async for second_client in asgi_client(make_app()):
         again = await _register(second_client, "k-persist", PAYLOAD)
         assert again.status_code == 200
         assert again.json() == created.json()

@@ -77,14 +77,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCerts:
 
 
 @pytest.fixture
-async def hub() -> AsyncIterator[FakeHub]:
-    fake = FakeHub()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
 async def sandbox(certs: DevCerts, hub: FakeHub, tmp_path: Path) -> AsyncIterator[Sandbox]:
     config = LifelongLearningSandboxConfig(
         hub_url=hub.url,

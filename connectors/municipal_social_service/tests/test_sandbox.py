@@ -25,6 +25,7 @@ from connectors.municipal_social_service.sandbox.app import (
 from connectors.sandbox_kit import StatusPusher
 from diasyndesi_sdk.webhooks import new_secret, sign, verify
 from tests.fake_hub import FakeHub as _RecordingHub
+from tests.family_testing import asgi_client
 
 
 class FakeHub(_RecordingHub):
@@ -52,6 +53,7 @@ CASE = {
 
 @pytest.fixture
 async def hub() -> AsyncIterator[FakeHub]:
+    """This file's FakeHub (it records signed pushes), over the shared one."""
     fake = FakeHub()
     await fake.start()
     yield fake
@@ -75,16 +77,9 @@ def make_app(hub: FakeHub, tmp_path: Path) -> AppFactory:
     return factory
 
 
-async def _running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://municipal") as c:
-            yield c
-
-
 @pytest.fixture
 async def client(make_app: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in _running(make_app()):
+    async for c in asgi_client(make_app()):
         yield c
 
 
@@ -262,10 +257,10 @@ async def test_faults_per_municipality_and_for_all(client: httpx.AsyncClient) ->
 
 
 async def test_state_survives_restart(make_app: AppFactory, tmp_path: Path) -> None:
-    async for first in _running(make_app()):
+    async for first in asgi_client(make_app()):
         created = await open_case(first, "dsy-persist", agency=KARPENISI)
     assert (tmp_path / f"{KARPENISI}.jsonl").exists()
-    async for second in _running(make_app()):
+    async for second in asgi_client(make_app()):
         again = await open_case(second, "dsy-persist", agency=KARPENISI)
         assert again.status_code == 200
         assert again.json() == created.json()
@@ -318,7 +313,7 @@ async def test_retried_push_keeps_its_message_id(hub: FakeHub) -> None:
 
 
 async def test_hub_token_is_sent_beside_the_signature(make_app: AppFactory, hub: FakeHub) -> None:
-    async for c in _running(make_app(hub_tokens={KARPENISI: "hub-token-kar"})):
+    async for c in asgi_client(make_app(hub_tokens={KARPENISI: "hub-token-kar"})):
         assert (await open_case(c, "dsy-tok", agency=KARPENISI)).status_code == 201
         await hub.wait_for(1)
     _, headers, raw = hub.pushes[0]

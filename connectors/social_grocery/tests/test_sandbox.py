@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from connectors.social_grocery.sandbox.app import SocialGrocerySandboxConfig, create_app
 from tests.fake_hub import FakeHub
+from tests.family_testing import asgi_client
 
 API_KEY = "grocery-key-for-tests"
 HUB_TOKEN = "hub-token-grocery"
@@ -27,14 +28,6 @@ PAYLOAD: dict[str, Any] = {
         "address": {"street": "Dimokratias 1", "postal_code": "50100"},
     },
 }
-
-
-@pytest.fixture
-async def hub() -> AsyncIterator[FakeHub]:
-    fake = FakeHub()
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 AppFactory = Callable[..., FastAPI]
@@ -55,17 +48,9 @@ def make_app(hub: FakeHub, tmp_path: Path) -> AppFactory:
     return factory
 
 
-async def _running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    # ASGITransport does not run the lifespan; enter it so the pusher opens and closes.
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://grocery") as client:
-            yield client
-
-
 @pytest.fixture
 async def client(make_app: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in _running(make_app()):
+    async for c in asgi_client(make_app()):
         yield c
 
 
@@ -159,7 +144,7 @@ async def test_referral_is_accepted_and_pushes_received_then_decision(
 
 
 async def test_full_grocery_waitlists(make_app: AppFactory, hub: FakeHub) -> None:
-    async for client in _running(make_app(capacity=2)):
+    async for client in asgi_client(make_app(capacity=2)):
         answers = [
             (await _refer(client, f"k-{n}", {**PAYLOAD, "external_id": f"ref-{n}"})).json()
             for n in range(3)
@@ -199,10 +184,10 @@ async def test_reused_key_with_other_body_is_422(client: httpx.AsyncClient) -> N
 async def test_state_file_survives_restart_with_the_same_decisions(
     make_app: AppFactory,
 ) -> None:
-    async for first_client in _running(make_app(capacity=1)):
+    async for first_client in asgi_client(make_app(capacity=1)):
         created = await _refer(first_client, "k-persist", PAYLOAD)
         assert created.json()["status"] == "accepted"
-    async for second_client in _running(make_app(capacity=1)):
+    async for second_client in asgi_client(make_app(capacity=1)):
         again = await _refer(second_client, "k-persist", PAYLOAD)
         assert again.status_code == 200
         assert again.json() == created.json()
