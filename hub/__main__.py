@@ -1,5 +1,5 @@
 """``python -m hub``: the ``diasyndesi`` command where its console script is not installed."""
 
-from hub.cli import app
+from hub.entry import main
 
-app(prog_name="diasyndesi")
+main()

@@ -67,8 +67,9 @@ def ms(values: list[float], q: float) -> str:
     return f"{percentile(values, q) * 1000:7.0f}" if values else "      —"
 
 
-def tree_rss_mb(root: int) -> float:
-    """Resident memory of ``root`` and every descendant (from /proc)."""
+def tree_rss_mb(root: int) -> tuple[float, dict[str, float]]:
+    """Resident memory of ``root`` and every descendant (from /proc): the total, and per
+    process by its command (``up``, ``serve``, ``worker``, ``sandbox``, ``tansu``…)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -79,16 +80,62 @@ def tree_rss_mb(root: int) -> float:
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
             children.setdefault(ppid, []).append(int(entry.name))
     total_kb, stack = 0, [root]
+    per_process: dict[str, float] = {}
     while stack:
         pid = stack.pop()
         stack.extend(children.get(pid, []))
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
+            status = Path(f"/proc/{pid}/status").read_text()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-    return total_kb / 1024
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                kb = int(line.split()[1])
+                total_kb += kb
+                name = _process_name([a.decode(errors="replace") for a in argv if a])
+                per_process[name] = per_process.get(name, 0.0) + kb / 1024
+    return total_kb / 1024, per_process
+
+
+def tree_cpu_s(root: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by ``root`` and its descendants, per process
+    name: differences of two readings say where a phase's CPU went, a figure far less
+    disturbed by other work on the machine than throughput."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = fields
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    used: dict[str, float] = {}
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        stat = stats.get(pid)
+        if stat is None:
+            continue
+        name = _process_name([a.decode(errors="replace") for a in argv if a])
+        used[name] = used.get(name, 0.0) + (int(stat[11]) + int(stat[12])) / ticks
+    return used
+
+
+def _process_name(argv: list[str]) -> str:
+    """``diasyndesi worker`` → "worker"; the broker by its program's name."""
+    for index, arg in enumerate(argv):
+        if Path(arg).name == "diasyndesi" and index + 1 < len(argv):
+            return argv[index + 1]
+    return Path(argv[0]).name if argv else "?"
 
 
 @dataclass
@@ -169,10 +216,25 @@ async def measure(
     in_flight: int,
     rate: float,
     duration_s: float,
+    tree_root: int | None = None,
 ) -> list[tuple[float, float]]:
+    """``tree_root``: also note the CPU milliseconds per referral each process of that
+    tree used during the closed loop."""
     await closed_loop(one, 8, 3.0)  # warm-up: pools, caches, consumer fetches
     print(f"{figures.name}: {in_flight} in flight for {duration_s:g} s", file=sys.stderr)
+    before = tree_cpu_s(tree_root) if tree_root is not None else {}
     figures.closed = await closed_loop(one, in_flight, duration_s)
+    if tree_root is not None and figures.closed[0]:
+        after = tree_cpu_s(tree_root)
+        per_referral = {
+            name: (after[name] - before.get(name, 0.0)) * 1000 / figures.closed[0] for name in after
+        }
+        figures.notes.append(
+            f"{figures.name.split(':')[0]}: CPU ms per referral at {in_flight} in flight: "
+            + ", ".join(f"{name} {ms:.1f}" for name, ms in sorted(per_referral.items()))
+            + f"; total without the load driver (bench) "
+            f"{sum(ms for name, ms in per_referral.items() if name != 'bench'):.1f}"
+        )
     print(f"{figures.name}: {rate:g}/s for {duration_s:g} s", file=sys.stderr)
     opened = await open_loop(one, rate, duration_s)
     figures.posts = [post for post, _ in opened]
@@ -198,7 +260,9 @@ async def run_bare(in_flight: int, rate: float, duration_s: float, folder: Path)
         await driver.start(partitions=4)
         await sandbox.ready("sandbox agencies:")
         await worker.ready(READY_LINE)
-        opened = await measure(figures, driver.referral, in_flight, rate, duration_s)
+        opened = await measure(
+            figures, driver.referral, in_flight, rate, duration_s, tree_root=os.getpid()
+        )
         figures.e2e = [done for _, done in opened]
     finally:
         await driver.stop()
@@ -297,9 +361,15 @@ async def run_hub(in_flight: int, rate: float, duration_s: float, folder: Path) 
         )
         try:
             await driver.start()
-            await measure(figures, driver.referral, in_flight, rate, duration_s)
+            await measure(
+                figures, driver.referral, in_flight, rate, duration_s, tree_root=up.process.pid
+            )
             loaded = time.perf_counter()
-            figures.rss_mb = tree_rss_mb(up.process.pid)
+            figures.rss_mb, per_process = tree_rss_mb(up.process.pid)
+            figures.notes.append(
+                "hub: RSS after the load, MB: "
+                + ", ".join(f"{name} {mb:.0f}" for name, mb in sorted(per_process.items()))
+            )
             opened_ids = driver.ids[-int(rate * duration_s) :]
             figures.e2e = await driver.read_model(opened_ids)
             await driver.read_model(driver.ids)  # every pair of every phase, in the read model

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from hub import event_loop
 from hub.bus import KafkaCluster, ensure_topics
 from hub.factory import build_connector
 from hub.registry import Registry
@@ -243,4 +244,4 @@ async def open_loop(
 
 if __name__ == "__main__":  # python -m hub.bench_bare BOOTSTRAP AGENCY...
     os.environ.setdefault("LOG_LEVEL", "WARNING")
-    asyncio.run(run_worker(sys.argv[1], sys.argv[2:]))
+    event_loop.run(run_worker(sys.argv[1], sys.argv[2:]))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from hub import event_loop
 from hub.errors import ConfigurationError, DiasyndesiError
 from hub.logs import configure_logging
 from hub.settings import Settings, load_settings
@@ -22,6 +23,9 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Diasyndesi: the Community Centre integration hub.",
+    # An unexpected exception's traceback must not print local variables: they can hold a
+    # referral's personal data (typer shows them by default).
+    pretty_exceptions_show_locals=False,
 )
 schemas_app = typer.Typer(no_args_is_help=True, help="Canonical schema files.")
 app.add_typer(schemas_app, name="schemas")
@@ -63,7 +67,7 @@ def _stop_event() -> asyncio.Event:
 
 def _run(coro_factory: object) -> None:
     try:
-        asyncio.run(coro_factory)  # type: ignore[arg-type]
+        event_loop.run(coro_factory)  # type: ignore[arg-type]
     except DiasyndesiError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -15,6 +15,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from hub.errors import ConfigurationError
+from hub.event_loop import http_protocol
 
 if TYPE_CHECKING:
     from diasyndesi_sdk.sandbox import ServerTls
@@ -66,7 +67,7 @@ async def start_server(
         lifespan="on",
         access_log=False,
         timeout_graceful_shutdown=3,
-        **({"http": _tls_protocol(tls)} if tls is not None else {}),  # type: ignore[arg-type]
+        http=_tls_protocol(tls) if tls is not None else http_protocol(),  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
     # The process owner (``diasyndesi up``/``serve``) handles signals for all servers at once.

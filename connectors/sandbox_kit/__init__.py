@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers; at run time see __ge
         PushingSandboxConfig,
         SandboxApp,
         error_response,
+        quiet_fastapi,
         request_object,
         sandbox_app,
     )
@@ -45,6 +46,7 @@ _HOMES = {
     "error_response": "app",
     "request_object": "app",
     "SandboxApp": "app",
+    "quiet_fastapi": "app",
     "sandbox_app": "app",
     "FaultKnobs": "faults",
     "Faults": "faults",
@@ -81,6 +83,7 @@ __all__ = [
     "add_sandbox_routes",
     "apply_faults",
     "error_response",
+    "quiet_fastapi",
     "request_object",
     "sandbox_app",
     "utc_now",

@@ -25,6 +25,16 @@ log = structlog.get_logger(__name__)
 # --------------------------------------------------------------------------- app
 
 
+def quiet_fastapi(**kwargs: Any) -> FastAPI:
+    """A sandbox's FastAPI app with FastAPI's OpenTelemetry hooks off, as the hub's: a real
+    agency would not trace, and with them on FastAPI asks OpenTelemetry for its providers
+    on every request."""
+    return FastAPI(
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        **kwargs,
+    )
+
+
 @dataclass
 class SandboxApp:
     """A pushing agency's app with its ledger, fault knobs and (journalled) status pusher."""
@@ -99,7 +109,7 @@ def sandbox_app(title: str, config: PushingSandboxConfig) -> SandboxApp:
         finally:
             await pusher.close()
 
-    app = FastAPI(title=title, lifespan=lifespan)
+    app = quiet_fastapi(title=title, lifespan=lifespan)
     app.state.ledger = ledger
     app.state.faults = faults
     app.state.pusher = pusher

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
@@ -29,25 +30,36 @@ class StatusAccepted(BaseModel):
     response_model=StatusAccepted,
     responses={401: {}, 403: {}, 404: {}, 409: {}, 413: {}, 422: {}},
     openapi_extra={
+        # Read from the request rather than declared (see the docstring), documented here.
+        "parameters": [
+            {
+                "name": "authorization",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "Bearer token of the agency (not with a webhook signature)",
+            }
+        ],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": AgencyStatusUpdate.model_json_schema()}},
-        }
+        },
     },
 )
-async def push_status(
-    agency: str,
-    request: Request,
-    state: StateDep,
-    authorization: Annotated[str | None, Header()] = None,
-) -> StatusAccepted:
+async def push_status(agency: str, request: Request) -> JSONResponse:
     """An agency reports its answer; only that agency, only for referrals routed to it.
 
     Two ways to prove who is calling: the agency's bearer token, or (municipal social
     services) a Standard Webhooks signature with the agency's shared secret, whose message
     id is remembered so a replay is absorbed. The update becomes a ``status_changed`` event
     through the outbox, so Kafka consumers and the read model see the same history.
+
+    Six of every seven requests a four-agency referral brings are these pushes, so this
+    route takes no FastAPI dependencies (state and header are read from the request) and
+    answers with a ready response: that halves FastAPI's own work per push (profiled).
     """
+    state: HubState = request.app.state.hub
+    authorization = request.headers.get("authorization")
     try:
         raw = await request.body()
     except ClientDisconnect:  # the agency gave up mid-request and will retry
@@ -88,9 +100,9 @@ async def push_status(
         ) from None
     if replayed:
         _count_refusal(state, agency, "replay_absorbed")
-        return StatusAccepted(event_id=event_id)
-    state.wake_relay()
-    return StatusAccepted(event_id=event_id)
+    else:
+        state.wake_relay()
+    return JSONResponse({"event_id": event_id}, status_code=status.HTTP_202_ACCEPTED)
 
 
 def _count_refusal(state: HubState, agency: str, reason: str) -> None:

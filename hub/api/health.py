@@ -94,7 +94,15 @@ async def metrics(state: StateDep) -> PlainTextResponse:
 
 def create_health_app(state: HubState, readiness: Readiness) -> FastAPI:
     """``/metrics``, ``/healthz`` and ``/readyz`` alone, for a process without the API."""
-    app = FastAPI(title="Diasyndesi worker", docs_url=None, redoc_url=None, openapi_url=None)
+    from hub.api.app import TELEMETRY_OFF
+
+    app = FastAPI(
+        title="Diasyndesi worker",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        telemetry=TELEMETRY_OFF,
+    )
     app.state.hub = state
     app.state.readiness = readiness
     app.include_router(router)

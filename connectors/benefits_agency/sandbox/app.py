@@ -32,6 +32,7 @@ from connectors.sandbox_kit import (
     SandboxLedger,
     add_sandbox_routes,
     apply_faults,
+    quiet_fastapi,
     utc_now,
 )
 
@@ -252,7 +253,7 @@ def create_app(config: BenefitsSandboxConfig) -> FastAPI:
     wsdl_bytes = WSDL.read_bytes()
     password = config.password.get_secret_value()
     decision_delay = timedelta(seconds=config.decision_delay_s)
-    app = FastAPI(title="ΟΠΕΚΑ sandbox (benefits agency, SOAP 1.2)")
+    app = quiet_fastapi(title="ΟΠΕΚΑ sandbox (benefits agency, SOAP 1.2)")
     app.state.ledger = ledger
     app.state.faults = faults
     app.state.hostile = HostileAnswer()

@@ -33,6 +33,7 @@ from connectors.sandbox_kit import (
     add_sandbox_routes,
     apply_faults,
     error_response,
+    quiet_fastapi,
     request_object,
     utc_now,
 )
@@ -138,7 +139,7 @@ class _Municipality:
             headers_for=push_headers(self.secret),
             journal=state_dir / f"{agency}.pushes.jsonl" if state_dir else None,
         )
-        self.app = FastAPI(title=f"{agency} sandbox (municipal social service)")
+        self.app = quiet_fastapi(title=f"{agency} sandbox (municipal social service)")
         self.app.state.ledger = self.ledger
         self.app.state.faults = self.faults
         self.app.state.pusher = self.pusher
@@ -224,7 +225,7 @@ def create_app(config: MunicipalSandboxConfig) -> FastAPI:
             for m in municipalities.values():
                 await m.pusher.close()
 
-    app = FastAPI(title="Municipal social services sandbox", lifespan=lifespan)
+    app = quiet_fastapi(title="Municipal social services sandbox", lifespan=lifespan)
     app.state.municipalities = {agency: m.app.state for agency, m in municipalities.items()}
 
     @app.get("/_sandbox/received", tags=["sandbox"])
