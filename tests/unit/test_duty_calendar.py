@@ -1,14 +1,18 @@
 """The information duty's calendar (hub/duty_calendar.py, Registry.information_due): the
 10th working day after the Athens date of a request, over the Orthodox Easter holidays, the
-moved Labour Day, weekends, local feast days, Athens midnight and daylight saving time."""
+moved Labour Day, weekends, local feast days, Athens midnight and daylight saving time; and
+the agencies' answer deadline counted the same way from the Athens date of the submission."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import holidays
 import pytest
 
+import hub.outbox
+import tests.unit.test_api as referral_api
 from hub.duty_calendar import (
     ATHENS,
     CALENDAR_YEARS,
@@ -20,7 +24,11 @@ from hub.duty_calendar import (
     working_day_calendar,
 )
 from hub.registry import Centre, Registry
+from hub.samples import sample_referral
 from hub.settings import packaged_dir
+from tests.unit.test_api import Env
+
+env = referral_api.env  # the referral API tests' fixture: the real app, a migrated database
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +206,25 @@ def test_the_override_table_closes_one_day_of_one_year(registry: Registry) -> No
     # Wed 2 May moves the 10th working day from Tue 15 to Wed 16 May.
     assert custom.information_due("KK-KOZANI", date(2035, 4, 27)) == date(2035, 5, 15)
     assert custom.information_due("KK-TEST", date(2035, 4, 27)) == date(2035, 5, 16)
+
+
+# --------------------------------------------------------------------------- agencies' due date
+
+
+async def test_the_agencies_due_date_counts_from_the_athens_date_of_the_submission(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class HalfPastMidnightInAthens(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> HalfPastMidnightInAthens:
+            return cls(2026, 11, 2, 22, 30, tzinfo=UTC)  # Tue 3 Nov 00:30 in Athens
+
+    monkeypatch.setattr(hub.outbox, "datetime", HalfPastMidnightInAthens)
+    submitted = await env.submit(sample_referral(seed=11))
+    assert submitted.status_code == 202, submitted.text
+    referral_id = submitted.json()["id"]
+    view = (await env.client.get(f"/v1/referrals/{referral_id}", headers=env.auth())).json()
+    assert view["created_at"].startswith("2026-11-02T22:30:00")
+    # Counted from Tuesday 3 Nov, not from Monday 2 Nov (the UTC date): Tue 17 Nov.
+    assert view["due"] == "2026-11-17"
+    assert {a["due"] for a in view["agencies"]} == {"2026-11-17"}
