@@ -1,7 +1,8 @@
 """The system of record: referrals, per-agency delivery state, the outbox, the timeline,
 credentials. One SQLAlchemy 2 async code path for SQLite (default) and PostgreSQL.
 
-Only ``referrals.body`` holds personal data; every other column is ids, codes and times.
+Only ``referrals.body`` and ``information_requests.summary`` (free text a centre wrote)
+may hold personal data; every other column is ids, codes and times.
 """
 
 from __future__ import annotations
@@ -143,6 +144,31 @@ class TimelineRow(Base):
     agency: Mapped[str | None] = mapped_column(String(64), nullable=True)
     kind: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(Text(), nullable=True)
+
+
+class InformationRequestRow(Base):
+    """A beneficiary asked to be informed about a referral (the information duty, seed 004).
+
+    ``due`` is fixed when the request is recorded (a later registry edit never moves it);
+    ``overdue_at`` is the instant its Athens due day ends, so "overdue" is one comparison on
+    every backend. ``summary`` is the only free text: it may hold personal data."""
+
+    __tablename__ = "information_requests"
+    __table_args__ = (
+        Index("ix_information_requests_centre_order", "centre", "requested_at", "id"),
+        Index("ix_information_requests_order", "requested_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    referral_id: Mapped[str] = mapped_column(ForeignKey("referrals.id"), index=True)
+    centre: Mapped[str] = mapped_column(String(32))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    channel: Mapped[str] = mapped_column(String(16))
+    due: Mapped[date] = mapped_column(Date())
+    overdue_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    summary: Mapped[str | None] = mapped_column(Text(), nullable=True)  # may be personal data
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class CredentialRow(Base):

@@ -142,3 +142,17 @@ class HubMetrics:
             ["consumer", "error_class"],
             registry=r,
         )
+        self.information_requests = Counter(
+            "diasyndesi_information_requests",
+            "Information requests (the 10-working-day duty) recorded and answered, per event "
+            "(recorded, answered_on_time, answered_late).",
+            ["event"],
+            registry=r,
+        )
+        self.information_requests_overdue = Gauge(
+            "diasyndesi_information_requests_overdue",
+            "Open information requests past the end of their due day (Athens time), per "
+            "centre; read from the database when `serve`'s /metrics is scraped.",
+            ["centre"],
+            registry=r,
+        )

@@ -24,6 +24,7 @@ from hub.db import (
     ProcessedEventRow,
     ReferralRow,
 )
+from hub.duty_calendar import athens_date
 from hub.events import OutgoingRecord, encode
 from hub.registry import Registry
 from hub.retry_topics import H_REDRIVE_FOR
@@ -108,7 +109,9 @@ async def accept_referral(
                         "municipality": referral.municipality,
                         "caseworker": referral.caseworker,
                         "created_at": now,
-                        "due": registry.information_due(referral.centre, now.date()),
+                        # counted from the Athens date: 00:30 in Athens is still
+                        # yesterday in UTC
+                        "due": registry.information_due(referral.centre, athens_date(now)),
                         "idempotency_key": idempotency_key,
                         "request_hash": digest,
                         "body": referral.model_dump(mode="json"),

@@ -7,7 +7,6 @@ edits to these files never rewrite history.
 
 from __future__ import annotations
 
-from calendar import isleap
 from datetime import date
 from functools import cached_property
 from pathlib import Path
@@ -24,13 +23,17 @@ from pydantic import (
     field_validator,
 )
 
+from hub.duty_calendar import (
+    INFORMATION_DUE_WORKING_DAYS,
+    nth_working_day_after,
+    working_day_calendar,
+)
 from hub.errors import ConfigurationError, RoutingError
 from schemas.codes import ProgrammeCode
 
 Family = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,62}$")]
 """An agency family's name; which families exist is up to the installed plugins
 (``hub/families.py`` checks the registry against them at start-up)."""
-INFORMATION_DUE_WORKING_DAYS = 10  # the right to be informed within 10 working days
 
 
 class Centre(BaseModel):
@@ -41,7 +44,12 @@ class Centre(BaseModel):
     local_holidays: list[
         Annotated[str, StringConstraints(pattern=r"^(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")]
     ] = Field(default_factory=list, description="MM-DD feast days")
-    extra_closures: list[date] = Field(default_factory=list)
+    extra_closures: list[date] = Field(
+        default_factory=list,
+        description="the override table: one-off closures (YYYY-MM-DD) the holidays "
+        "library cannot know, e.g. a national holiday moved by decision, a local one "
+        "established for one year only",
+    )
 
     @field_validator("local_holidays")
     @classmethod
@@ -102,7 +110,8 @@ class Registry:
         self.centres = {c.code: c for c in centres}
         self.agencies = {a.id: a for a in agencies}
         self.programmes = {p.code: p for p in programmes}
-        self._due: dict[tuple[str, date], date] = {}  # the calendar is costly to build
+        self._due: dict[tuple[str, date], date] = {}
+        self._calendars: dict[tuple[str, int], holidays.HolidayBase] = {}  # costly to build
         missing = set(ProgrammeCode) - set(self.programmes)
         if missing:
             raise ConfigurationError(
@@ -152,26 +161,33 @@ class Registry:
         order = list(self.agencies)
         return sorted(routed, key=order.index)
 
-    def information_due(self, centre_code: str, submitted: date) -> date:
-        """The date by which the beneficiary must be informed: 10 Greek working days,
-        skipping national holidays (``holidays``) and the municipality's own feast days."""
-        cached = self._due.get((centre_code, submitted))
+    def information_due(self, centre_code: str, day: date) -> date:
+        """The 10th working day after ``day`` (an Athens date, itself not counted) at this
+        centre: weekends, Greek public holidays, the centre's local feast days and its
+        closures are not working days (``hub/duty_calendar.py``). The information duty's
+        due date, counted from the request; an agency's answer deadline, counted from the
+        submission."""
+        cached = self._due.get((centre_code, day))
         if cached is not None:
             return cached
-        centre = self.centres.get(centre_code)
-        if centre is None:
-            raise RoutingError(f"unknown centre {centre_code!r}", field="centre")
-        calendar = holidays.country_holidays("GR", years=range(submitted.year, submitted.year + 2))
-        for year in (submitted.year, submitted.year + 1):
-            for month_day in centre.local_holidays:
-                month, day = (int(part) for part in month_day.split("-"))
-                if (month, day) == (2, 29) and not isleap(year):
-                    continue
-                calendar[date(year, month, day)] = "local feast day"
-        for closure in centre.extra_closures:
-            calendar[closure] = "local closure"
-        due: date = calendar.get_nth_working_day(submitted, INFORMATION_DUE_WORKING_DAYS)
+        due = nth_working_day_after(
+            self._calendar(centre_code, day.year), day, INFORMATION_DUE_WORKING_DAYS
+        )
         if len(self._due) > 10_000:
             self._due.clear()
-        self._due[(centre_code, submitted)] = due
+        self._due[(centre_code, day)] = due
         return due
+
+    def _calendar(self, centre_code: str, year: int) -> holidays.HolidayBase:
+        """The centre's non-working days of ``year`` and the next (ten working days never
+        reach further)."""
+        calendar = self._calendars.get((centre_code, year))
+        if calendar is None:
+            centre = self.centres.get(centre_code)
+            if centre is None:
+                raise RoutingError(f"unknown centre {centre_code!r}", field="centre")
+            calendar = working_day_calendar(
+                (year, year + 1), centre.local_holidays, centre.extra_closures
+            )
+            self._calendars[(centre_code, year)] = calendar
+        return calendar

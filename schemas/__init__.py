@@ -7,6 +7,7 @@ from schemas.codes import (
     EnrollmentStatus,
     Gender,
     IdentifierType,
+    InformationChannel,
     ProgrammeCode,
     Vulnerability,
 )
@@ -28,6 +29,11 @@ from schemas.events import (
     StatusChanged,
 )
 from schemas.export import export_json_schemas, stale_json_schemas
+from schemas.information_request import (
+    InformationRequest,
+    InformationRequestAnswer,
+    InformationRequestNew,
+)
 from schemas.referral import (
     Address,
     Beneficiary,
@@ -60,6 +66,10 @@ __all__ = [
     "Gender",
     "Identifier",
     "IdentifierType",
+    "InformationChannel",
+    "InformationRequest",
+    "InformationRequestAnswer",
+    "InformationRequestNew",
     "ProgrammeCode",
     "Referral",
     "ReferralRequest",

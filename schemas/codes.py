@@ -68,6 +68,16 @@ class DeliveryState(StrEnum):
     WITHDRAWN = "withdrawn"
 
 
+class InformationChannel(StrEnum):
+    """How a beneficiary asked the centre to be informed (the information duty, seed 004)."""
+
+    IN_PERSON = "in_person"
+    PHONE = "phone"
+    EMAIL = "email"
+    LETTER = "letter"
+    OTHER = "other"
+
+
 class Gender(StrEnum):
     """Needed for the ESF+ indicator breakdown; optional on a referral."""
 

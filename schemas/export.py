@@ -19,6 +19,11 @@ from schemas.events import (
     ReferralWithdrawn,
     StatusChanged,
 )
+from schemas.information_request import (
+    InformationRequest,
+    InformationRequestAnswer,
+    InformationRequestNew,
+)
 from schemas.referral import Referral, ReferralRequest
 
 JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
@@ -34,6 +39,9 @@ PUBLIC_MODELS: Final[dict[str, type[BaseModel]]] = {
     "delivery-outcome": DeliveryOutcome,
     "status-changed": StatusChanged,
     "agency-status-update": AgencyStatusUpdate,
+    "information-request-new": InformationRequestNew,
+    "information-request-answer": InformationRequestAnswer,
+    "information-request": InformationRequest,
 }
 """File stem of each published schema; the stems are part of the ``$id`` and must not change."""
 

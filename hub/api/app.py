@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,7 +12,7 @@ from fastapi.telemetry import TelemetryConfig
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.api import agencies, health, ops, referrals
+from hub.api import agencies, health, information_requests, ops, referrals
 from hub.api.deps import HubState
 from hub.logs import get_logger
 
@@ -107,7 +108,9 @@ def create_app(state: HubState) -> FastAPI:
         telemetry=TELEMETRY_OFF,
     )
     app.state.hub = state
+    app.state.on_scrape = [functools.partial(information_requests.refresh_overdue_gauge, state)]
     app.include_router(referrals.router)
+    app.include_router(information_requests.router)
     app.include_router(agencies.router)
     app.include_router(ops.router)
     app.include_router(health.router)

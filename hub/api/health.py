@@ -85,8 +85,16 @@ async def readyz(request: Request, state: StateDep) -> JSONResponse:
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
+ScrapeHook = Callable[[], Awaitable[None]]
+"""Refreshes gauges read from elsewhere (the database) just before a scrape; the API's
+process sets ``app.state.on_scrape`` (``hub/api/app.py``), workers have none."""
+
+
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(state: StateDep) -> PlainTextResponse:
+async def metrics(request: Request, state: StateDep) -> PlainTextResponse:
+    hooks: list[ScrapeHook] = getattr(request.app.state, "on_scrape", [])
+    for hook in hooks:
+        await hook()
     return PlainTextResponse(
         generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST
     )

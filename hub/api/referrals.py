@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from typing import Annotated
+from datetime import UTC, date, datetime
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Response, status
 from pydantic import BaseModel
@@ -12,8 +12,10 @@ from sqlalchemy import select
 from hub.api.deps import PrincipalDep, StateDep
 from hub.db import DeliveryRow, ReferralRow, TimelineRow
 from hub.errors import RoutingError
+from hub.information_requests import requests_of, view
 from hub.outbox import IdempotencyConflict, accept_referral
 from schemas.codes import DeliveryState, EnrollmentStatus
+from schemas.information_request import InformationRequest
 from schemas.referral import ReferralRequest
 
 router = APIRouter(prefix="/v1/referrals", tags=["referrals"])
@@ -50,14 +52,20 @@ class ReferralView(BaseModel):
     due: date
     overdue: bool
     agencies: list[AgencyView]
+    information_requests: list[InformationRequest]
     timeline: list[TimelineEntry]
 
 
-def field_error(field: str, message: str, kind: str) -> HTTPException:
+def field_error(
+    field: str,
+    message: str,
+    kind: str,
+    location: Literal["body", "query", "path"] = "body",
+) -> HTTPException:
     """A 422 in the same shape as FastAPI's validation errors, naming one field."""
     return HTTPException(
         status.HTTP_422_UNPROCESSABLE_CONTENT,
-        [{"loc": ["body", *field.split(".")], "field": field, "msg": message, "type": kind}],
+        [{"loc": [location, *field.split(".")], "field": field, "msg": message, "type": kind}],
     )
 
 
@@ -118,7 +126,15 @@ async def submit_referral(
 
 @router.get("/{referral_id}", response_model=ReferralView, responses={401: {}, 403: {}, 404: {}})
 async def get_referral(referral_id: str, state: StateDep, principal: PrincipalDep) -> ReferralView:
-    """Per-agency delivery and enrollment status, due date and timeline (no personal data)."""
+    """Per-agency delivery and enrollment status, information requests and timeline (no
+    personal data).
+
+    ``due`` (and each ``agencies[].due``) is the agencies' answer deadline: the 10th working
+    day after the Athens date of the submission. ``overdue`` is the information duty: true
+    while an information request is open (unanswered) past the end of its due day, Athens
+    time. It no longer follows the agencies' statuses: the law's clock starts when the
+    person asks, and an agency's answer does not inform the person; a request answered late
+    stays ``overdue`` in its own entry but no longer makes the referral overdue."""
     async with state.db.sessions() as session:
         referral = await session.get(ReferralRow, referral_id)
         if referral is None:
@@ -149,7 +165,9 @@ async def get_referral(referral_id: str, state: StateDep, principal: PrincipalDe
             .scalars()
             .all()
         )
-    today = date.today()
+        requests = await requests_of(session, referral_id)
+    now = datetime.now(UTC)
+    information_requests = [view(row, now) for row in requests]
     agencies = [
         AgencyView(
             agency=row.agency,
@@ -168,8 +186,9 @@ async def get_referral(referral_id: str, state: StateDep, principal: PrincipalDe
         centre=referral.centre,
         created_at=referral.created_at,
         due=referral.due,
-        overdue=today > referral.due and any(a.status is None for a in agencies),
+        overdue=any(r.overdue and r.answered_at is None for r in information_requests),
         agencies=agencies,
+        information_requests=information_requests,
         timeline=[
             TimelineEntry(at=t.at, kind=t.kind, agency=t.agency, detail=t.detail) for t in timeline
         ],
