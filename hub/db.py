@@ -147,7 +147,7 @@ class TimelineRow(Base):
 
 
 class InformationRequestRow(Base):
-    """A beneficiary asked to be informed about a referral (the information duty, seed 004).
+    """A beneficiary asked to be informed about a referral (the information duty).
 
     ``due`` is fixed when the request is recorded (a later registry edit never moves it);
     ``overdue_at`` is the instant its Athens due day ends, so "overdue" is one comparison on

@@ -1,4 +1,4 @@
-"""The calendar of the information duty (seed 004): on their request, beneficiaries are told
+"""The calendar of the information duty: on their request, beneficiaries are told
 within ten working days how the requests they made through the centre stand.
 
 Every date here is an Athens date. A person who asks at 00:30 Athens time on a Tuesday asked

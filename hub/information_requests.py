@@ -1,4 +1,4 @@
-"""Information requests, the information duty of seed 004 (docs/decisions/0016): a beneficiary
+"""Information requests, the information duty of the Community Centres' rules (docs/decisions/0016): a beneficiary
 asks the centre how their requests stand, and must be told within ten working days.
 
 Recording a request fixes its due date (``Registry.information_due`` from the Athens date

@@ -69,7 +69,7 @@ class DeliveryState(StrEnum):
 
 
 class InformationChannel(StrEnum):
-    """How a beneficiary asked the centre to be informed (the information duty, seed 004)."""
+    """How a beneficiary asked the centre to be informed (the information duty)."""
 
     IN_PERSON = "in_person"
     PHONE = "phone"

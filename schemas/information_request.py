@@ -1,4 +1,4 @@
-"""The information duty (seed 004): a beneficiary asks the centre how their requests stand,
+"""The information duty: a beneficiary asks the centre how their requests stand,
 and the centre must tell them within ten working days.
 
 ``InformationRequestNew`` is what a centre records (``POST

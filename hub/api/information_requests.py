@@ -1,4 +1,4 @@
-"""The information duty over HTTP (seed 004, docs/decisions/0016): recording that a
+"""The information duty over HTTP (docs/decisions/0016): recording that a
 beneficiary asked to be informed, answering, listing what is due or overdue, and the
 calendar alone so a centre's own system can show the date while the person is at the desk.
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from aiokafka import AIOKafkaProducer
@@ -123,8 +124,14 @@ async def test_hub_restarted_mid_flight_redrives_without_duplicates(stack: Stack
     warm = await stack.submit(sample_referral(seed=110))
     await stack.wait_for([warm["id"]], delivered)
     await stack.faults(latency_ms=400)
-    ids = [(await stack.submit(sample_referral(seed=111 + i)))["id"] for i in range(8)]
-    await stack.wait_for(ids[:1], delivered, timeout_s=30)
+    ids = [(await stack.submit(sample_referral(seed=111)))["id"]]
+    await stack.wait_for(ids, delivered, timeout_s=30)
+    # The rest stay in flight at the agency (answers 5 s away) when the hub crashes: with
+    # one latency for all, all eight finished within the same few milliseconds, and a
+    # crash after the first delivery could come after the last (flaky).
+    await stack.faults(latency_ms=5000)
+    ids += [(await stack.submit(sample_referral(seed=112 + i)))["id"] for i in range(7)]
+    await asyncio.sleep(1.0)  # the deliveries are out, waiting for the agency's answers
     await stack.hub.abort()  # crash: no graceful drain, no more commits
     db = Database(stack.hub.settings.database)
     async with db.sessions() as session:

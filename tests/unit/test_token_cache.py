@@ -264,17 +264,19 @@ async def test_an_answer_read_across_a_clear_is_not_kept(
 ) -> None:
     """A lookup that started before a revocation emptied the cache may have read the token
     as valid: it answers the request in flight but must not repopulate the cache."""
-    release = asyncio.Event()
+    release, entered = asyncio.Event(), asyncio.Event()
     principal = Principal("centre", "KK-KOZANI")
 
     async def slow_lookup(db: Database, digest: str, *, allow_unexpiring: bool) -> Credential:
+        entered.set()
         await release.wait()
         return Credential(principal, None)
 
     monkeypatch.setattr(token_cache, "lookup_credential", slow_lookup)
     cache = TokenCache(hubs[0].db, allow_unexpiring=True)
     in_flight = asyncio.create_task(cache.principal_for("some-token"))
-    await asyncio.sleep(0.01)
+    # The lookup is under way (a fixed sleep was not always long enough on a busy machine).
+    await asyncio.wait_for(entered.wait(), 10)
     cache.clear()  # what a version change does
     release.set()
     assert await in_flight == principal
