@@ -73,10 +73,19 @@ class Base(DeclarativeBase):
 
 class ReferralRow(Base):
     __tablename__ = "referrals"
-    __table_args__ = (UniqueConstraint("centre", "idempotency_key", name="uq_referral_idem"),)
+    __table_args__ = (
+        UniqueConstraint("centre", "idempotency_key", name="uq_referral_idem"),
+        # The caseload (``hub/caseload.py``) pages newest first on (created_at, id), over
+        # everything (operators), one centre, or one origin.
+        Index("ix_referrals_created", "created_at", "id"),
+        Index("ix_referrals_centre_created", "centre", "created_at", "id"),
+        Index("ix_referrals_origin_created", "origin", "created_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    centre: Mapped[str] = mapped_column(String(32), index=True)
+    centre: Mapped[str] = mapped_column(String(32))
+    origin: Mapped[str] = mapped_column(String(64))
+    """Who referred: the centre's code, or the id of an agency referring a person."""
     municipality: Mapped[str] = mapped_column(String(64))
     caseworker: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -93,6 +102,9 @@ class DeliveryRow(Base):
     __table_args__ = (
         UniqueConstraint("referral_id", "agency", name="uq_delivery"),
         Index("ix_delivery_state", "delivery"),
+        Index("ix_deliveries_agency", "agency", "referral_id"),
+        Index("ix_deliveries_status", "status"),
+        Index("ix_deliveries_updated_at", "updated_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -105,6 +117,17 @@ class DeliveryRow(Base):
     error_class: Mapped[str | None] = mapped_column(String(64), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ReferralProgrammeRow(Base):
+    """A programme a referral asked for, written at intake: the caseload filters on it
+    without reading ``referrals.body``."""
+
+    __tablename__ = "referral_programmes"
+    __table_args__ = (Index("ix_referral_programmes_programme", "programme", "referral_id"),)
+
+    referral_id: Mapped[str] = mapped_column(ForeignKey("referrals.id"), primary_key=True)
+    programme: Mapped[str] = mapped_column(String(40), primary_key=True)
 
 
 class OutboxRow(Base):

@@ -74,8 +74,10 @@ async def accept_referral(
 ) -> Accepted:
     """Store a routed referral and its outbox record atomically, or return the earlier one.
 
-    The common case, a new key, is one transaction of four Core inserts (the ORM's unit of
-    work cost half the intake's time); a repeated key meets the unique constraint and is
+    The common case, a new key, is one transaction of five Core inserts (the ORM's unit of
+    work cost half the intake's time): the referral, the programmes it asked for (what the
+    caseload filters on, so nothing ever searches the body), its deliveries, its timeline
+    entry and its outbox record. A repeated key meets the unique constraint and is
     answered from what is stored. Raises RoutingError (unroutable programme) or
     IdempotencyConflict.
     """
@@ -106,6 +108,7 @@ async def accept_referral(
                     {
                         "id": referral.id,
                         "centre": referral.centre,
+                        "origin": referral.centre,
                         "municipality": referral.municipality,
                         "caseworker": referral.caseworker,
                         "created_at": now,
@@ -116,6 +119,13 @@ async def accept_referral(
                         "request_hash": digest,
                         "body": referral.model_dump(mode="json"),
                     }
+                ],
+            )
+            await session.execute(
+                insert(TABLES["referral_programmes"]),
+                [
+                    {"referral_id": referral.id, "programme": programme.value}
+                    for programme in referral.programmes
                 ],
             )
             await session.execute(

@@ -116,8 +116,10 @@ def create_app(state: HubState) -> FastAPI:
     app.include_router(health.router)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        if any(err.get("type") == "json_invalid" for err in exc.errors()):
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if request.method == "GET":
+            pass  # a bad query (the caseload's filters) is not a refused submission
+        elif any(err.get("type") == "json_invalid" for err in exc.errors()):
             state.metrics.intake_rejected.labels("malformed_json").inc()
         else:
             state.metrics.intake_rejected.labels("invalid").inc()

@@ -1,20 +1,22 @@
-"""Referral intake and read model: ``POST /v1/referrals``, ``GET /v1/referrals/{id}``."""
+"""Referral intake and read model: ``POST /v1/referrals``, ``GET /v1/referrals/{id}`` and
+the caseload, ``GET /v1/referrals`` (who sees what, filters and pages: ``hub/caseload.py``)."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Response, status
-from pydantic import BaseModel
-from sqlalchemy import select
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response, status
+from pydantic import AwareDatetime, BaseModel
 
-from hub.api.deps import PrincipalDep, StateDep
-from hub.db import DeliveryRow, ReferralRow, TimelineRow
+from hub import caseload
+from hub.api.deps import HubState, PrincipalDep, StateDep
+from hub.caseload import DEFAULT_LIMIT, MAX_LIMIT, BadCursor, CaseloadFilter, Details
+from hub.db import ReferralRow
 from hub.errors import RoutingError
-from hub.information_requests import requests_of, view
+from hub.information_requests import view
 from hub.outbox import IdempotencyConflict, accept_referral
-from schemas.codes import DeliveryState, EnrollmentStatus
+from schemas.codes import DeliveryState, EnrollmentStatus, ProgrammeCode
 from schemas.information_request import InformationRequest
 from schemas.referral import ReferralRequest
 
@@ -48,12 +50,20 @@ class TimelineEntry(BaseModel):
 class ReferralView(BaseModel):
     id: str
     centre: str
+    origin: str
+    """Who referred: the centre's code, or the id of the agency that referred the person."""
     created_at: datetime
     due: date
     overdue: bool
     agencies: list[AgencyView]
     information_requests: list[InformationRequest]
     timeline: list[TimelineEntry]
+
+
+class CaseloadPage(BaseModel):
+    items: list[ReferralView]
+    next_cursor: str | None
+    """Pass as ``cursor`` for the next page, with the same filters; null on the last page."""
 
 
 def field_error(
@@ -124,72 +134,123 @@ async def submit_referral(
     )
 
 
+@router.get("", response_model=CaseloadPage, responses={401: {}, 403: {}, 422: {}})
+async def list_referrals(
+    state: StateDep,
+    principal: PrincipalDep,
+    centre: Annotated[str | None, Query(description="a centre's code (a centre: its own)")] = None,
+    agency: Annotated[str | None, Query(description="routed to this agency")] = None,
+    programme: Annotated[ProgrammeCode | None, Query(description="asked for it")] = None,
+    enrollment: Annotated[
+        EnrollmentStatus | None, Query(alias="status", description="an agency's status")
+    ] = None,
+    delivery: Annotated[
+        DeliveryState | None, Query(description="the delivery to an agency is in this state")
+    ] = None,
+    origin: Annotated[str | None, Query(description="referred by this centre or agency")] = None,
+    overdue: Annotated[bool | None, Query(description="as the view's `overdue`")] = None,
+    updated_since: Annotated[
+        AwareDatetime | None,
+        Query(description="a delivery or status changed at or after it (ISO 8601 with offset)"),
+    ] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> CaseloadPage:
+    """The caseload, newest first: the referrals this principal may see (a centre its own,
+    an agency those it made or was routed to, an operator all), each as
+    ``GET /v1/referrals/{id}`` shows it. Filters combine with AND; ``agency``, ``status`` and
+    ``delivery`` describe one and the same agency's delivery."""
+    if principal.kind == "centre":
+        if centre is not None and centre != principal.id:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "a centre sees only its own referrals")
+        centre = principal.id
+    _known(state, centre=centre, agency=agency, origin=origin)
+    wanted = CaseloadFilter(
+        centre=centre,
+        agency=agency,
+        programme=programme,
+        status=enrollment,
+        delivery=delivery,
+        origin=origin,
+        overdue=overdue,
+        updated_since=updated_since.astimezone(UTC) if updated_since else None,
+    )
+    try:
+        after = caseload.decode_cursor(cursor, principal, wanted) if cursor else None
+    except BadCursor as exc:
+        raise field_error("cursor", str(exc), "invalid_cursor", "query") from None
+    where = caseload.conditions(wanted, principal, state.registry)
+    async with state.db.sessions() as session:
+        found = await caseload.page(session, where, after, limit)
+        details = await caseload.details(session, principal, [r.id for r, _ in found.rows])
+    return CaseloadPage(
+        items=[_view(referral, late, details) for referral, late in found.rows],
+        next_cursor=(caseload.encode_cursor(principal, wanted, found.next) if found.next else None),
+    )
+
+
+def _known(state: HubState, *, centre: str | None, agency: str | None, origin: str | None) -> None:
+    """Registry values, so that a typo is a 422 rather than an empty caseload."""
+    registry = state.registry
+    if centre is not None and centre not in registry.centres:
+        raise field_error("centre", "unknown centre", "unknown_centre", "query")
+    if agency is not None and agency not in registry.agencies:
+        raise field_error("agency", "unknown agency", "unknown_agency", "query")
+    if origin is not None and origin not in registry.centres and origin not in registry.agencies:
+        raise field_error("origin", "neither a centre nor an agency", "unknown_origin", "query")
+
+
 @router.get("/{referral_id}", response_model=ReferralView, responses={401: {}, 403: {}, 404: {}})
 async def get_referral(referral_id: str, state: StateDep, principal: PrincipalDep) -> ReferralView:
     """Per-agency delivery and enrollment status, information requests and timeline (no
-    personal data).
+    personal data). An agency sees the referrals it made or was routed to, and of the
+    latter only its own delivery and timeline entries (and no information requests: they
+    are between the person and the centre).
 
     ``due`` (and each ``agencies[].due``) is the agencies' answer deadline: the 10th working
-    day after the Athens date of the submission. ``overdue`` is the information duty: true
-    while an information request is open (unanswered) past the end of its due day, Athens
-    time. It no longer follows the agencies' statuses: the law's clock starts when the
-    person asks, and an agency's answer does not inform the person; a request answered late
-    stays ``overdue`` in its own entry but no longer makes the referral overdue."""
+    day after the Athens date of the submission. ``overdue`` is the information duty
+    (``hub/caseload.py::is_overdue``): true while an information request is open
+    (unanswered) past the end of its due day, Athens time. It does not follow the agencies'
+    statuses: the law's clock starts when the person asks, and an agency's answer does not
+    inform the person; a request answered late stays ``overdue`` in its own entry but no
+    longer makes the referral overdue."""
     async with state.db.sessions() as session:
-        referral = await session.get(ReferralRow, referral_id)
-        if referral is None:
+        found = await caseload.one(session, referral_id, principal)
+        if found is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such referral")
-        if principal.kind != "operator" and not (
-            principal.kind == "centre" and principal.id == referral.centre
-        ):
+        referral, late, visible = found
+        if not visible:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "not your referral")
-        deliveries = (
-            (
-                await session.execute(
-                    select(DeliveryRow)
-                    .where(DeliveryRow.referral_id == referral_id)
-                    .order_by(DeliveryRow.id)
-                )
-            )
-            .scalars()
-            .all()
-        )
-        timeline = (
-            (
-                await session.execute(
-                    select(TimelineRow)
-                    .where(TimelineRow.referral_id == referral_id)
-                    .order_by(TimelineRow.at, TimelineRow.id)
-                )
-            )
-            .scalars()
-            .all()
-        )
-        requests = await requests_of(session, referral_id)
-    now = datetime.now(UTC)
-    information_requests = [view(row, now) for row in requests]
-    agencies = [
-        AgencyView(
-            agency=row.agency,
-            delivery=DeliveryState(row.delivery),
-            attempts=row.attempts,
-            status=EnrollmentStatus(row.status) if row.status else None,
-            reference=row.reference,
-            due=referral.due,
-            delivered_at=row.delivered_at,
-            error_class=row.error_class,
-        )
-        for row in deliveries
-    ]
+        details = await caseload.details(session, principal, [referral.id])
+    return _view(referral, late, details)
+
+
+def _view(referral: ReferralRow, late: bool, details: Details) -> ReferralView:
     return ReferralView(
         id=referral.id,
         centre=referral.centre,
+        origin=referral.origin,
         created_at=referral.created_at,
         due=referral.due,
-        overdue=any(r.overdue and r.answered_at is None for r in information_requests),
-        agencies=agencies,
-        information_requests=information_requests,
+        overdue=late,
+        information_requests=[
+            view(row, details.now) for row in details.information_requests[referral.id]
+        ],
+        agencies=[
+            AgencyView(
+                agency=row.agency,
+                delivery=DeliveryState(row.delivery),
+                attempts=row.attempts,
+                status=EnrollmentStatus(row.status) if row.status else None,
+                reference=row.reference,
+                due=referral.due,
+                delivered_at=row.delivered_at,
+                error_class=row.error_class,
+            )
+            for row in details.deliveries[referral.id]
+        ],
         timeline=[
-            TimelineEntry(at=t.at, kind=t.kind, agency=t.agency, detail=t.detail) for t in timeline
+            TimelineEntry(at=t.at, kind=t.kind, agency=t.agency, detail=t.detail)
+            for t in details.timeline[referral.id]
         ],
     )

@@ -108,7 +108,7 @@ async def test_accepts_a_referral_with_its_outbox_record_in_one_go(env: Env) -> 
     assert env.wakes == 1
 
     view = (await env.client.get(f"/v1/referrals/{body['id']}", headers=env.auth())).json()
-    assert view["centre"] == "KK-KOZANI"
+    assert view["centre"] == view["origin"] == "KK-KOZANI"
     assert view["agencies"][0]["agency"] == "dypa"
     assert view["agencies"][0]["delivery"] == "pending"
     assert view["agencies"][0]["status"] is None
@@ -276,13 +276,18 @@ async def test_malformed_json_is_422_without_echo(env: Env) -> None:
     assert "094" not in response.text
 
 
-async def test_read_access_is_limited_to_the_owning_centre_and_operators(env: Env) -> None:
-    referral_id = (await env.submit(sample_referral(seed=10))).json()["id"]
+async def test_read_access_is_limited_to_the_owning_centre_operators_and_routed_agencies(
+    env: Env,
+) -> None:
+    referral_id = (await env.submit(sample_referral(seed=10))).json()["id"]  # routed to dypa
     url = f"/v1/referrals/{referral_id}"
     assert (await env.client.get(url, headers=env.auth())).status_code == 200
     assert (await env.client.get(url, headers=env.auth("operators", "operator"))).status_code == 200
     assert (await env.client.get(url, headers=env.auth(who="KK-GREVENA"))).status_code == 403
-    assert (await env.client.get(url, headers=env.auth("agencies", "dypa"))).status_code == 403
+    assert (await env.client.get(url, headers=env.auth("agencies", "opeka"))).status_code == 403
+    routed = await env.client.get(url, headers=env.auth("agencies", "dypa"))
+    assert routed.status_code == 200
+    assert [a["agency"] for a in routed.json()["agencies"]] == ["dypa"]
     assert (await env.client.get(url)).status_code == 401
     missing = await env.client.get(
         "/v1/referrals/00000000-0000-4000-8000-000000000000", headers=env.auth()

@@ -4,6 +4,7 @@ clear line. Runs on SQLite and, under ``make test-postgres``, on PostgreSQL."""
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,78 @@ async def test_two_processes_upgrading_at_once_wait_for_each_other(tmp_path: Pat
     finally:
         await first.dispose()
         await second.dispose()
+
+
+async def test_0005_gives_existing_referrals_their_origin_and_programmes(tmp_path: Path) -> None:
+    """Referrals made before the caseload keep their centre as ``origin`` and get their
+    programmes copied from the stored body by the database itself; a body without a list of
+    programmes (an erased one, say) is skipped, and going down again keeps every row."""
+    import sqlalchemy as sa
+
+    referrals = sa.table(
+        "referrals",
+        *(sa.column(name) for name in ("id", "centre", "municipality", "caseworker")),
+        *(sa.column(name) for name in ("idempotency_key", "request_hash")),
+        sa.column("created_at", sa.DateTime(timezone=True)),
+        sa.column("due", sa.Date()),
+        sa.column("body", sa.JSON()),
+    )
+    deliveries = sa.table(
+        "deliveries",
+        *(sa.column(name) for name in ("referral_id", "agency", "delivery", "attempts")),
+        sa.column("updated_at", sa.DateTime(timezone=True)),
+    )
+    at = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
+    rows = [
+        ("r-1", "KK-KOZANI", {"programmes": ["GMI", "SOCIAL_GROCERY"], "notes": "x"}),
+        ("r-2", "KK-EORDAIA", {"programmes": ["UNEMPLOYMENT_REGISTRATION"]}),
+        ("r-3", "KK-FLORINA", {"erased": True}),
+    ]
+    db = Database(fresh_database_url(tmp_path))
+    try:
+        async with db.engine.begin() as connection:
+            await connection.run_sync(lambda c: command.upgrade(alembic_config(c), "0003"))
+            for referral_id, centre, body in rows:
+                await connection.execute(
+                    referrals.insert().values(
+                        id=referral_id,
+                        centre=centre,
+                        municipality="m",
+                        caseworker="sw-1",
+                        idempotency_key=referral_id,
+                        request_hash="h",
+                        created_at=at,
+                        due=date(2026, 12, 4),
+                        body=body,
+                    )
+                )
+            await connection.execute(  # a foreign key into referrals, as every referral has
+                deliveries.insert().values(
+                    referral_id="r-1", agency="opeka", delivery="pending", attempts=0, updated_at=at
+                )
+            )
+            await connection.run_sync(lambda c: command.upgrade(alembic_config(c), "0005"))
+        async with db.engine.connect() as connection:
+            origins = (await connection.execute(text("SELECT id, origin FROM referrals"))).all()
+            programmes = (
+                await connection.execute(
+                    text("SELECT referral_id, programme FROM referral_programmes")
+                )
+            ).all()
+        assert sorted(origins) == [
+            ("r-1", "KK-KOZANI"),
+            ("r-2", "KK-EORDAIA"),
+            ("r-3", "KK-FLORINA"),
+        ]
+        assert sorted(programmes) == [
+            ("r-1", "GMI"),
+            ("r-1", "SOCIAL_GROCERY"),
+            ("r-2", "UNEMPLOYMENT_REGISTRATION"),
+        ]
+        async with db.engine.begin() as connection:
+            await connection.run_sync(lambda c: command.downgrade(alembic_config(c), "0003"))
+        async with db.engine.connect() as connection:
+            count = (await connection.execute(text("SELECT count(*) FROM referrals"))).scalar()
+        assert count == 3
+    finally:
+        await db.dispose()

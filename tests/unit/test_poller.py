@@ -58,6 +58,7 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
             ReferralRow(
                 id=REFERRAL,
                 centre="KK-KOZANI",
+                origin="KK-KOZANI",
                 municipality="kozani",
                 caseworker="sw",
                 created_at=now,
