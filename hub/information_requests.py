@@ -1,5 +1,6 @@
-"""Information requests, the information duty of the Community Centres' rules (docs/decisions/0016): a beneficiary
-asks the centre how their requests stand, and must be told within ten working days.
+"""Information requests, the information duty of the Community Centres' rules
+(docs/decisions/0016): a beneficiary asks the centre how their requests stand, and must be
+told within ten working days.
 
 Recording a request fixes its due date (``Registry.information_due`` from the Athens date
 of the request) and the instant its due day ends (``overdue_at``), and notes it on the
