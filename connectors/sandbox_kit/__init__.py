@@ -21,9 +21,11 @@ if TYPE_CHECKING:  # what the names are, for type checkers; at run time see __ge
         NonEmptySecret,
         PushingSandboxConfig,
         SandboxApp,
+        announce_withdrawal,
         error_response,
         request_object,
         sandbox_app,
+        withdrawal_fields,
     )
     from connectors.sandbox_kit.faults import (
         FaultKnobs,
@@ -35,6 +37,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers; at run time see __ge
         IdempotencyKeyReused,
         ReceivedRecord,
         SandboxLedger,
+        WithdrawalRecord,
         utc_now,
     )
     from connectors.sandbox_kit.push import PushJournal, StatusPusher
@@ -54,6 +57,9 @@ _HOMES = {
     "ReceivedRecord": "ledger",
     "SandboxLedger": "ledger",
     "utc_now": "ledger",
+    "WithdrawalRecord": "ledger",
+    "withdrawal_fields": "app",
+    "announce_withdrawal": "app",
     "PushJournal": "push",
     "StatusPusher": "push",
 }
@@ -78,10 +84,13 @@ __all__ = [
     "SandboxApp",
     "SandboxLedger",
     "StatusPusher",
+    "WithdrawalRecord",
     "add_sandbox_routes",
+    "announce_withdrawal",
     "apply_faults",
     "error_response",
     "request_object",
     "sandbox_app",
     "utc_now",
+    "withdrawal_fields",
 ]
