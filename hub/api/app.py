@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.api import agencies, health, ops, referrals
+from hub.api import agencies, health, ops, referrals, withdrawals
 from hub.api.deps import HubState
 from hub.logs import get_logger
 
@@ -95,6 +95,7 @@ def create_app(state: HubState) -> FastAPI:
     )
     app.state.hub = state
     app.include_router(referrals.router)
+    app.include_router(withdrawals.router)
     app.include_router(agencies.router)
     app.include_router(ops.router)
     app.include_router(health.router)
