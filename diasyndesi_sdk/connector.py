@@ -11,6 +11,11 @@ referral re-sent after a crash, a re-drive or a replay carries the same key, so 
 can recognise it. A connector returns the agency's own reference for the referral.
 On rebalance the hub drains in-flight deliveries before giving up partitions; a connector
 keeps no per-partition state.
+
+Optional capabilities are mixins the hub looks for: ``PollsStatus`` (the hub asks for
+status on an interval) and ``Withdraws`` (the hub tells the agency of a withdrawal). A family
+declares them in its ``FamilySpec`` (``status``, ``supports``); the contract suite checks
+that the connector matches.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar
 
 from diasyndesi_sdk.connection import AgencyConnection
@@ -34,6 +40,8 @@ __all__ = [
     "Receipt",
     "RetryableError",
     "StatusReport",
+    "Withdrawal",
+    "Withdraws",
     "idempotency_key",
 ]
 
@@ -111,3 +119,41 @@ class PollsStatus(ABC):
     async def status_of(self, reference: str) -> StatusReport | None:
         """The agency's current status for its ``reference``; None if it does not know it.
         Raise RetryableError or PermanentError like ``deliver``."""
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """One agency told that a referral it was sent (or is about to be sent) is withdrawn,
+    whole or some of its programmes. Ids and codes only.
+
+    ``idempotency_key`` is derived from (withdrawal event id, agency): a retried, re-driven
+    or replayed withdrawal carries the same one. ``delivery_key`` is the idempotency key of
+    the delivery it withdraws, how the agency finds the referral: the hub may not know the
+    agency's reference yet, and the agency may not have the referral yet (the withdrawal
+    overtook it)."""
+
+    event_id: str
+    referral_id: str
+    agency: str
+    idempotency_key: str
+    delivery_key: str
+    reason: str
+    """``consent_withdrawn``, ``beneficiary_request``, ``duplicate`` or ``error``."""
+    programmes: tuple[str, ...]
+    """The withdrawn programmes in the agency's own codes (its mapping's code list)."""
+    whole: bool
+    """Nothing of the referral is left for this agency: its whole case ends."""
+    withdrawn_at: datetime
+
+
+class Withdraws(ABC):
+    """Mixin for connectors whose agency can be told of a withdrawal (``supports`` has
+    ``"withdrawal"`` in the family's spec)."""
+
+    @abstractmethod
+    async def withdraw(self, withdrawal: Withdrawal) -> Receipt:
+        """Tell the agency; idempotent per ``withdrawal.idempotency_key`` (a repeat answers
+        ``duplicate=True``). An agency that does not know ``delivery_key`` yet must still
+        take the withdrawal and remember it, so that a later delivery under that key is
+        never activated: the answer's ``reference`` is then None. Raise RetryableError or
+        PermanentError like ``deliver``."""

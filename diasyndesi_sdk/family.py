@@ -71,7 +71,7 @@ class FamilySpec:
     """How its agencies report status: they push it, the hub polls (``PollsStatus``), or both."""
     minimisation: Minimisation = field(default_factory=Minimisation)
     supports: frozenset[str] = frozenset()
-    """Optional abilities, e.g. ``{"withdrawal"}``."""
+    """Optional abilities: ``{"withdrawal"}`` when its connector is ``Withdraws``."""
     sandbox: str | None = None
     """``"module:attribute"`` of its simulated agency (a ``Sandbox``), development only."""
 

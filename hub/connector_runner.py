@@ -12,6 +12,14 @@ crash anywhere before the commit means the record is delivered again with the sa
 idempotency key, which the agency recognises: at-least-once on the wire, exactly-once in
 effect.
 
+A ``referral.withdrawn`` record naming the agency is carried out the same way: the
+connector's ``withdraw`` (``Withdraws``), the same quick calls, retry topics and dead
+letters, an idempotency key derived from (withdrawal event id, agency), and a
+``WithdrawalOutcome``. A withdrawal that ends the agency's whole referral supersedes its
+delivery: a delivery of that referral read afterwards (from a retry topic, or re-driven)
+is not made (docs/decisions/0019-withdrawal.md; the agency also keeps a withdrawal that
+overtakes the referral, so a delivery another member makes is never active).
+
 Any other error while handling one record (a mapping that cannot build the payload, an
 agency receipt that fails validation, a bug) dead-letters that record at once with its
 error class (``mapping_error``, ``invalid_receipt``, ``unexpected:<ExceptionType>``; never the
@@ -29,13 +37,21 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
-from diasyndesi_sdk.connector import Connector, Delivery, Receipt, idempotency_key
+from diasyndesi_sdk.connector import (
+    Connector,
+    Delivery,
+    Receipt,
+    Withdrawal,
+    Withdraws,
+    idempotency_key,
+)
 from hub.breaker import BreakerState, CircuitBreaker
 from hub.bus import Publisher
 from hub.errors import BrokerError, DeliveryError, PermanentError, RetryableError
@@ -47,9 +63,19 @@ from hub.retry_policy import CallAgain, DeadLetter, Delivered, Reroute, RetryPol
 from hub.retry_topics import H_REDRIVE_FOR, RetryState, dlq_topic, reroute, retry_topic
 from hub.settings import RetrySettings
 from hub.supervisor import where
-from schemas.events import TOPIC_DELIVERIES, DeliveryOutcome, ReferralSubmitted
+from schemas.events import (
+    TOPIC_DELIVERIES,
+    DeliveryOutcome,
+    ReferralSubmitted,
+    ReferralWithdrawn,
+    WithdrawalOutcome,
+)
 
 log = get_logger(__name__)
+
+SUPERSEDED_REMEMBERED = 100_000
+"""Delivery keys of withdrawn referrals a runner remembers (the oldest forgotten first);
+past that, the agency's own record of the withdrawal still stops the referral."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +93,16 @@ class Incoming:
 def _referral_id(incoming: Incoming) -> str:
     """The referral a record is about (its Kafka key says the same; the event is the source)."""
     data = incoming.event.data
-    return data.referral.id if isinstance(data, ReferralSubmitted) else incoming.event.subject or ""
+    if isinstance(data, ReferralSubmitted):
+        return data.referral.id
+    if isinstance(data, ReferralWithdrawn):
+        return data.referral_id
+    return incoming.event.subject or ""
+
+
+def _ours(incoming: Incoming) -> bool:
+    """A record this runner acts on (and so dead-letters if handling it fails)."""
+    return isinstance(incoming.event.data, ReferralSubmitted | ReferralWithdrawn)
 
 
 def validation_summary(exc: ValidationError) -> str:
@@ -110,6 +145,7 @@ class ConnectorRunner:
         self._clock = clock
         self._jitter = jitter
         self._stopping = asyncio.Event()
+        self._superseded: OrderedDict[str, None] = OrderedDict()  # withdrawn delivery keys
         self.idle = asyncio.Event()  # clear while a batch is in flight (DrainOnRevoke)
         self.idle.set()
         self.breaker = CircuitBreaker(
@@ -137,10 +173,19 @@ class ConnectorRunner:
         (e.g. a reference longer than the canonical 64 characters), dead-letters the record
         with ``mapping_error`` or ``invalid_receipt``; see ``handle_safely`` for the rest."""
         event = incoming.event
+        if isinstance(event.data, ReferralWithdrawn):
+            return await self._handle_withdrawal(incoming, event.data)
         if not isinstance(event.data, ReferralSubmitted):
-            return None  # withdrawals and other types are not this runner's job yet
+            return None
         referral = event.data.referral
         if self.agency not in referral.routed or not self._still_owed(incoming):
+            return None
+        if idempotency_key(event.id, self.agency) in self._superseded:
+            log.info(
+                "delivery superseded by a withdrawal; not made",
+                agency=self.agency,
+                referral_id=referral.id,
+            )
             return None
         try:
             payload = self.mapping.apply(referral.model_dump(mode="json"))
@@ -156,7 +201,53 @@ class ConnectorRunner:
             payload=payload,
         )
         async with self._limit:
-            decision, receipt = await self._deliver(delivery, incoming.retry)
+            decision, receipt = await self._call(
+                lambda: self.connector.deliver(delivery), incoming.retry
+            )
+        return await self._conclude(incoming, decision, receipt)
+
+    async def _handle_withdrawal(
+        self, incoming: Incoming, data: ReferralWithdrawn
+    ) -> DeliveryOutcome | None:
+        """Tell the agency of a withdrawal naming it, through the same retries."""
+        if self.agency not in data.agencies or not self._still_owed(incoming):
+            return None
+        delivery_key = idempotency_key(data.submitted_event_id, self.agency)
+        whole = self.agency in data.complete_for
+        if whole:
+            self._superseded[delivery_key] = None
+            self._superseded.move_to_end(delivery_key)
+            while len(self._superseded) > SUPERSEDED_REMEMBERED:
+                self._superseded.popitem(last=False)
+        connector = self.connector
+        if not isinstance(connector, Withdraws):
+            return await self.dead_letter(
+                incoming, "withdrawal_unsupported", "the agency's family cannot withdraw"
+            )
+        withdrawal = Withdrawal(
+            event_id=incoming.event.id,
+            referral_id=data.referral_id,
+            agency=self.agency,
+            idempotency_key=idempotency_key(incoming.event.id, self.agency),
+            delivery_key=delivery_key,
+            reason=data.reason.value,
+            programmes=tuple(self.mapping.programme_codes([p.value for p in data.programmes])),
+            whole=whole,
+            withdrawn_at=data.withdrawn_at,
+        )
+        async with self._limit:
+            decision, receipt = await self._call(
+                lambda: connector.withdraw(withdrawal), incoming.retry
+            )
+        return await self._conclude(incoming, decision, receipt)
+
+    async def _conclude(
+        self,
+        incoming: Incoming,
+        decision: Delivered | Reroute | DeadLetter,
+        receipt: Receipt | None,
+    ) -> DeliveryOutcome:
+        """Record the agency's answer, or send the record on to a retry or dead-letter topic."""
         if isinstance(decision, Delivered):
             try:  # a connector that returned no Receipt raises here, for handle_safely
                 outcome = self._outcome(incoming, decision.attempts, receipt=receipt)
@@ -194,7 +285,7 @@ class ConnectorRunner:
                 error_class=error_class,
                 where=where(exc),
             )
-            if not isinstance(incoming.event.data, ReferralSubmitted):
+            if not _ours(incoming):
                 self.metrics.record_errors.labels(self.agency, error_class).inc()
                 return None  # nothing this runner would deliver: nothing to dead-letter
             return await self.dead_letter(
@@ -253,21 +344,22 @@ class ConnectorRunner:
         )
         return self._outcome(incoming, decision.attempts, error=error, dead_lettered=dead)
 
-    async def _deliver(
-        self, delivery: Delivery, record: RetryState
+    async def _call(
+        self, call: Callable[[], Awaitable[Receipt]], record: RetryState
     ) -> tuple[Delivered | Reroute | DeadLetter, Receipt | None]:
-        """The quick in-process calls, each followed by the policy's decision: pause and call
-        again, or stop. A Retry-After beyond ``retry.max_s`` is not slept through here (it
-        would hold a concurrency slot and the whole batch's commit): the policy sends the
-        record to a retry topic no earlier than the hint. Returns the final decision and
-        the agency's answer, if it answered."""
+        """The quick in-process calls (a delivery, or a withdrawal), each followed by the
+        policy's decision: pause and call again, or stop. A Retry-After beyond
+        ``retry.max_s`` is not slept through here (it would hold a concurrency slot and
+        the whole batch's commit): the policy sends the record to a retry topic no
+        earlier than the hint. Returns the final decision and the agency's answer, if it
+        answered."""
         calls = 0
         while True:
             calls += 1
             failure: Exception | None = None
             receipt: Receipt | None = None
             try:
-                receipt = await self.connector.deliver(delivery)
+                receipt = await call()
             except DeliveryError as exc:
                 failure = exc
             except Exception as exc:  # a connector broke its contract: retry later, and say so
@@ -290,19 +382,26 @@ class ConnectorRunner:
         error: DeliveryError | None = None,
         dead_lettered: bool = False,
     ) -> DeliveryOutcome:
-        return DeliveryOutcome(
-            referral_id=_referral_id(incoming),
-            agency=self.agency,
-            succeeded=error is None,
-            attempts=max(attempts, 1),
-            reference=receipt.reference if receipt else None,
-            error_class=error.error_class if error else None,
-            error_message=str(error)[:400] if error else None,
-            permanent=isinstance(error, PermanentError),
-            dead_lettered=dead_lettered,
-            occurred_at=datetime.now(UTC),
-            submitted_event_id=incoming.event.id,
-        )
+        fields = {
+            "referral_id": _referral_id(incoming),
+            "agency": self.agency,
+            "succeeded": error is None,
+            "attempts": max(attempts, 1),
+            "reference": receipt.reference if receipt else None,
+            "error_class": error.error_class if error else None,
+            "error_message": str(error)[:400] if error else None,
+            "permanent": isinstance(error, PermanentError),
+            "dead_lettered": dead_lettered,
+            "occurred_at": datetime.now(UTC),
+        }
+        data = incoming.event.data
+        if isinstance(data, ReferralWithdrawn):
+            return WithdrawalOutcome(
+                **fields,
+                submitted_event_id=data.submitted_event_id,
+                withdrawal_id=incoming.event.id,
+            )
+        return DeliveryOutcome(**fields, submitted_event_id=incoming.event.id)
 
     async def _record(self, outcome: DeliveryOutcome) -> None:
         record = encode(TOPIC_DELIVERIES, outcome.event_type, outcome, key=outcome.referral_id)

@@ -194,6 +194,34 @@ class InformationRequestRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class WithdrawalRow(Base):
+    """One agency's part of one withdrawal: the programmes it is told of (canonical codes),
+    whether its whole referral ends, and whether it acknowledged. The withdrawal's id is its
+    event's id (the outbox row); codes and ids only."""
+
+    __tablename__ = "withdrawals"
+    __table_args__ = (
+        UniqueConstraint("withdrawal_id", "agency", name="uq_withdrawal_agency"),
+        Index("ix_withdrawal_state", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    withdrawal_id: Mapped[str] = mapped_column(String(36))
+    referral_id: Mapped[str] = mapped_column(ForeignKey("referrals.id"), index=True)
+    agency: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(32))
+    programmes: Mapped[list[str]] = mapped_column(JSON())
+    whole: Mapped[bool] = mapped_column(default=False)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    reference: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_class: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    requested_by: Mapped[str] = mapped_column(String(80))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
 class CredentialRow(Base):
     """A bearer token, stored only as its SHA-256 digest. ``token_id`` is the short,
     non-secret name listings and ``token revoke`` use. No expiry (``expires_at`` null) is

@@ -1,9 +1,11 @@
 """Dead letters for operators: list, show and replay (``diasyndesi dlq``, ``/v1/ops/dlq``).
 
-A replay re-publishes the referral's original record — same CloudEvent, same event id, so
-the agency sees the same idempotency key — through the outbox to the connector's first
-retry topic, where only that agency's connector reads it. Replays are audited (who, when,
-how often) and capped in rate so an operator cannot flood a recovering agency.
+A dead letter is a delivery's or a withdrawal's (its ``event_id`` names the referral's
+submitted event or the withdrawal's). A replay re-publishes the original record — same
+CloudEvent, same event id, so the agency sees the same idempotency key — through the outbox
+to the connector's first retry topic, where only that agency's connector reads it. Replays
+are audited (who, when, how often) and capped in rate so an operator cannot flood a
+recovering agency.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from datetime import UTC, datetime
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from hub.db import Database, DeadLetterRow, DeliveryRow, OutboxRow, TimelineRow
+from hub.db import Database, DeadLetterRow, DeliveryRow, OutboxRow, TimelineRow, WithdrawalRow
 from hub.errors import DiasyndesiError
 from hub.retry_topics import H_REPLAYED_BY, OWN_HEADERS, retry_topic
-from schemas.events import REFERRAL_SUBMITTED, TOPIC_REFERRALS
+from schemas.events import REFERRAL_SUBMITTED, REFERRAL_WITHDRAWN, TOPIC_REFERRALS
 
 
 class DeadLetter(BaseModel):
@@ -82,17 +84,31 @@ async def replay(db: Database, dead_letter_id: int, operator: str) -> DeadLetter
                 )
             )
         ).scalar_one()
-        if delivery.delivery == "delivered":
-            raise ReplayError(f"dead letter {dead_letter_id}: already delivered")
         original = (
             await session.execute(
                 select(OutboxRow).where(
                     OutboxRow.event_id == row.event_id,
-                    OutboxRow.event_type == REFERRAL_SUBMITTED,
+                    OutboxRow.event_type.in_([REFERRAL_SUBMITTED, REFERRAL_WITHDRAWN]),
                     OutboxRow.topic == TOPIC_REFERRALS,
                 )
             )
         ).scalar_one()
+        part = None
+        if original.event_type == REFERRAL_WITHDRAWN:
+            part = (
+                await session.execute(
+                    select(WithdrawalRow).where(
+                        WithdrawalRow.withdrawal_id == row.event_id,
+                        WithdrawalRow.agency == row.agency,
+                    )
+                )
+            ).scalar_one()
+            if part.state == "withdrawn":
+                raise ReplayError(f"dead letter {dead_letter_id}: already acknowledged")
+        elif delivery.delivery == "delivered":
+            raise ReplayError(f"dead letter {dead_letter_id}: already delivered")
+        elif delivery.delivery == "withdrawn":
+            raise ReplayError(f"dead letter {dead_letter_id}: the referral was withdrawn")
         headers = [[k, v] for k, v in original.headers if k not in OWN_HEADERS]
         headers.append([H_REPLAYED_BY, operator])
         session.add(
@@ -109,7 +125,10 @@ async def replay(db: Database, dead_letter_id: int, operator: str) -> DeadLetter
         )
         row.replayed_at, row.replayed_by, row.replays = now, operator, row.replays + 1
         await db.notify_outbox(session)
-        delivery.delivery, delivery.updated_at = "retrying", now
+        if part is not None:
+            part.state, part.updated_at = "retrying", now
+        else:
+            delivery.delivery, delivery.updated_at = "retrying", now
         session.add(
             TimelineRow(
                 referral_id=row.referral_id,

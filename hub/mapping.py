@@ -72,6 +72,16 @@ class Mapping(BaseModel):
         """The canonical paths this agency may receive: the allow-list."""
         return {rule.source for rule in self.fields if rule.source}
 
+    def programme_codes(self, programmes: list[str]) -> list[str]:
+        """``programmes`` (canonical codes) in the agency's own codes, through the code list
+        its mapping applies to ``programmes`` (what a withdrawal names); a code the agency
+        has none for is dropped, as in ``apply``. Without such a list, the canonical codes."""
+        for rule in self.fields:
+            if rule.source == "programmes" and rule.codes is not None:
+                table = self.codes[rule.codes]
+                return list(dict.fromkeys(table[p] for p in programmes if p in table))
+        return list(programmes)
+
     def apply(self, referral: dict[str, Any]) -> dict[str, Any]:
         """Build the agency payload from a canonical referral (``model_dump(mode="json")``).
 

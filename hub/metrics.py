@@ -22,6 +22,13 @@ class HubMetrics:
             ["connector", "outcome"],
             registry=r,
         )
+        self.withdrawals = Counter(
+            "diasyndesi_withdrawals",
+            "Withdrawal outcomes recorded by the projector, per connector and outcome "
+            "(withdrawn, retrying, dead_lettered).",
+            ["connector", "outcome"],
+            registry=r,
+        )
         self.delivery_attempts = Counter(
             "diasyndesi_delivery_attempts",
             "Calls made to agencies, per connector (from outcome events).",

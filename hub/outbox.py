@@ -23,12 +23,19 @@ from hub.db import (
     OutboxRow,
     ProcessedEventRow,
     ReferralRow,
+    WithdrawalRow,
 )
 from hub.duty_calendar import athens_date
 from hub.events import OutgoingRecord, encode
 from hub.registry import Registry
 from hub.retry_topics import H_REDRIVE_FOR
-from schemas.events import REFERRAL_SUBMITTED, STATUS_CHANGED, TOPIC_REFERRALS, ReferralSubmitted
+from schemas.events import (
+    REFERRAL_SUBMITTED,
+    REFERRAL_WITHDRAWN,
+    STATUS_CHANGED,
+    TOPIC_REFERRALS,
+    ReferralSubmitted,
+)
 from schemas.referral import Referral, ReferralRequest
 
 TABLES = Base.metadata.tables
@@ -198,7 +205,9 @@ async def _find_existing(
 
 async def redrive_unfinished(db: Database) -> int:
     """Queue again what the broker may have lost: the submitted event of every referral with
-    a non-terminal delivery, and every agency status event the projector has not applied.
+    a non-terminal delivery, the withdrawal event of every withdrawal an agency has not
+    acknowledged (after the submitted one: outbox order), and every agency status event the
+    projector has not applied.
 
     Used on start and after the broker lost its data (the embedded broker keeps nothing).
     Stored event ids are reused, so agencies see the same idempotency keys and the projector
@@ -206,6 +215,7 @@ async def redrive_unfinished(db: Database) -> int:
     """
     async with db.transaction() as session:
         requeued = await _requeue_referrals(session, ("pending", "retrying"))
+        requeued += await _requeue_withdrawals(session, ("pending", "retrying"))
         statuses = await session.execute(
             update(OutboxRow)
             .where(
@@ -228,12 +238,9 @@ async def redrive_stale(db: Database, older_than_s: float, max_publishes: int = 
     the operators rather than re-sent forever."""
     cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
     async with db.transaction() as session:
-        requeued = await _requeue_referrals(
-            session,
-            ("pending",),
-            OutboxRow.sent_at < cutoff,
-            OutboxRow.publish_count < max_publishes,
-        )
+        stale = (OutboxRow.sent_at < cutoff, OutboxRow.publish_count < max_publishes)
+        requeued = await _requeue_referrals(session, ("pending",), *stale)
+        requeued += await _requeue_withdrawals(session, ("pending",), *stale)
         await db.notify_outbox(session)
         return requeued
 
@@ -254,6 +261,30 @@ async def _requeue_referrals(
             *conditions,
         )
     )
+    return _owed_again(found)
+
+
+async def _requeue_withdrawals(
+    session: AsyncSession, states: tuple[str, ...], *conditions: ColumnElement[bool]
+) -> int:
+    """As ``_requeue_referrals``, for withdrawal events whose agencies' parts are in
+    ``states``, each naming the agencies still owed it."""
+    found = await session.execute(
+        select(OutboxRow, WithdrawalRow.agency)
+        .join(WithdrawalRow, WithdrawalRow.withdrawal_id == OutboxRow.event_id)
+        .where(
+            WithdrawalRow.state.in_(states),
+            OutboxRow.event_type == REFERRAL_WITHDRAWN,
+            OutboxRow.topic == TOPIC_REFERRALS,
+            OutboxRow.sent_at.is_not(None),
+            *conditions,
+        )
+    )
+    return _owed_again(found)
+
+
+def _owed_again(found: Any) -> int:
+    """Mark each outbox row unsent again, its ``x-dsy-redrive-for`` the agencies found."""
     owed: dict[int, tuple[OutboxRow, set[str]]] = {}
     for row, agency in found:
         owed.setdefault(row.id, (row, set()))[1].add(agency)

@@ -1,7 +1,7 @@
 """Status polling for agencies that cannot push (the benefits agency's SOAP service).
 
-On an interval, for each delivered referral of the agency whose status is not final, ask the
-agency (``PollsStatus.status_of`` with the agency's own reference) and publish a
+On an interval, for each delivered (or withdrawn) referral of the agency whose status is not
+final, ask the agency (``PollsStatus.status_of`` with the agency's own reference) and publish a
 ``status_changed`` event when the answer differs from the read model. Events go straight to
 ``kk.status.v1``; the projector applies them like pushed ones.
 """
@@ -100,7 +100,8 @@ class StatusPoller:
                     select(DeliveryRow.referral_id, DeliveryRow.reference, DeliveryRow.status)
                     .where(
                         DeliveryRow.agency == self.agency,
-                        DeliveryRow.delivery == "delivered",
+                        # a withdrawn one too: the agency's answer then is `withdrawn`
+                        DeliveryRow.delivery.in_(["delivered", "withdrawn"]),
                         DeliveryRow.reference.is_not(None),
                         or_(
                             DeliveryRow.status.is_(None),

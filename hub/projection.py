@@ -10,6 +10,10 @@ behind at 20 referrals/s).
 Semantics per event are unchanged: an event applies once (its id is recorded with its
 effect); an older or repeated agency status never overwrites a newer one; the first
 successful outcome stamps ``delivered_at``; a dead-lettered outcome opens a dead letter.
+
+A withdrawal's outcome updates its row of ``withdrawals``; an acknowledged withdrawal that
+ends the agency's whole referral makes its delivery ``withdrawn``, which no later delivery
+outcome changes (a delivery made after the withdrawal met the agency's record of it).
 """
 
 from __future__ import annotations
@@ -20,11 +24,18 @@ from datetime import UTC, datetime
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hub.db import DeadLetterRow, DeliveryRow, ProcessedEventRow, ReferralRow, TimelineRow
+from hub.db import (
+    DeadLetterRow,
+    DeliveryRow,
+    ProcessedEventRow,
+    ReferralRow,
+    TimelineRow,
+    WithdrawalRow,
+)
 from hub.events import Event
 from hub.logs import get_logger
 from hub.metrics import HubMetrics
-from schemas.events import DeliveryOutcome, StatusChanged
+from schemas.events import DeliveryOutcome, StatusChanged, WithdrawalOutcome
 
 log = get_logger(__name__)
 
@@ -62,6 +73,7 @@ async def apply_events(session: AsyncSession, events: Sequence[Event], metrics: 
         ).scalars()
     }
     latest = await _latest_status_times(session, todo, referral_ids)
+    withdrawals = await _withdrawal_rows(session, todo)
     created = await _created_at(session, todo)
     processed, timeline, dead = [], [], []
     changed = 0
@@ -73,24 +85,31 @@ async def apply_events(session: AsyncSession, events: Sequence[Event], metrics: 
         if row is None:
             log.warning("event for an unknown delivery", event_id=event.id, agency=data.agency)
             continue
-        if isinstance(data, DeliveryOutcome):
+        if isinstance(data, WithdrawalOutcome):
+            part = withdrawals.get((data.withdrawal_id, data.agency))
+            if part is None:
+                log.warning("outcome of an unknown withdrawal", event_id=event.id)
+                continue
+            _apply_withdrawal(part, row, data, metrics, now)
+            if data.dead_lettered:
+                dead.append(_dead_letter(data, data.withdrawal_id, part.attempts))
+            timeline.append(
+                {
+                    "referral_id": data.referral_id,
+                    "at": data.occurred_at,
+                    "agency": data.agency,
+                    "kind": "withdrawn" if data.succeeded else "withdrawal_failed",
+                    "detail": (data.reference or "before delivery")
+                    if data.succeeded
+                    else data.error_class,
+                }
+            )
+        elif isinstance(data, DeliveryOutcome):
             if _apply_outcome(row, data, metrics) and data.referral_id in created:
                 waited = (data.occurred_at - created[data.referral_id]).total_seconds()
                 metrics.submit_to_delivered.labels(data.agency).observe(max(waited, 0.0))
             if data.dead_lettered:
-                dead.append(
-                    {
-                        "referral_id": data.referral_id,
-                        "agency": data.agency,
-                        "event_id": data.submitted_event_id,
-                        "error_class": data.error_class or "",
-                        "reason": data.error_message,
-                        "permanent": data.permanent,
-                        "attempts": row.attempts,
-                        "dead_lettered_at": data.occurred_at,
-                        "replays": 0,
-                    }
-                )
+                dead.append(_dead_letter(data, data.submitted_event_id, row.attempts))
             timeline.append(
                 {
                     "referral_id": data.referral_id,
@@ -142,10 +161,57 @@ def _data(event: Event) -> DeliveryOutcome | StatusChanged:
     return event.data
 
 
+def _dead_letter(data: DeliveryOutcome, event_id: str, attempts: int) -> dict[str, object]:
+    """A dead letter for the operators, naming the event to replay."""
+    return {
+        "referral_id": data.referral_id,
+        "agency": data.agency,
+        "event_id": event_id,
+        "error_class": data.error_class or "",
+        "reason": data.error_message,
+        "permanent": data.permanent,
+        "attempts": attempts,
+        "dead_lettered_at": data.occurred_at,
+        "replays": 0,
+    }
+
+
+def _apply_withdrawal(
+    part: WithdrawalRow,
+    row: DeliveryRow,
+    data: WithdrawalOutcome,
+    metrics: HubMetrics,
+    now: datetime,
+) -> None:
+    """Update one agency's part of a withdrawal (and, when it ends the agency's whole
+    referral and the agency acknowledged, its delivery) from an outcome."""
+    part.attempts += data.attempts
+    part.updated_at = now
+    metrics.delivery_attempts.labels(data.agency).inc(data.attempts)
+    if data.succeeded:
+        metrics.withdrawals.labels(data.agency, "withdrawn").inc()
+        part.state, part.error_class = "withdrawn", None
+        part.reference = data.reference or part.reference
+        part.acknowledged_at = part.acknowledged_at or data.occurred_at
+        if part.whole:
+            row.delivery, row.error_class = "withdrawn", None
+            row.reference = row.reference or data.reference
+        return
+    outcome = "dead_lettered" if data.dead_lettered else "retrying"
+    metrics.withdrawals.labels(data.agency, outcome).inc()
+    if part.state != "withdrawn":
+        part.state, part.error_class = outcome, data.error_class
+
+
 def _apply_outcome(row: DeliveryRow, data: DeliveryOutcome, metrics: HubMetrics) -> bool:
-    """Update one delivery from an outcome; True when it has just become delivered."""
+    """Update one delivery from an outcome; True when it has just become delivered. A
+    withdrawn delivery stays withdrawn: the agency holds the referral withdrawn."""
     row.attempts += data.attempts
     metrics.delivery_attempts.labels(data.agency).inc(data.attempts)
+    if row.delivery == "withdrawn":
+        metrics.deliveries.labels(data.agency, "after_withdrawal").inc()
+        row.reference = row.reference or data.reference
+        return False
     if data.succeeded:
         metrics.deliveries.labels(data.agency, "delivered").inc()
         first = row.delivery != "delivered"
@@ -161,6 +227,15 @@ def _apply_outcome(row: DeliveryRow, data: DeliveryOutcome, metrics: HubMetrics)
         row.delivery = outcome
         row.error_class = data.error_class
     return False
+
+
+async def _withdrawal_rows(session: AsyncSession, events: list[Event]) -> dict[Pair, WithdrawalRow]:
+    """The rows of the withdrawals whose outcomes are in the batch, by (withdrawal, agency)."""
+    ids = {e.data.withdrawal_id for e in events if isinstance(e.data, WithdrawalOutcome)}
+    if not ids:
+        return {}
+    found = await session.execute(select(WithdrawalRow).where(WithdrawalRow.withdrawal_id.in_(ids)))
+    return {(part.withdrawal_id, part.agency): part for part in found.scalars()}
 
 
 async def _latest_status_times(
@@ -183,7 +258,9 @@ async def _created_at(session: AsyncSession, events: list[Event]) -> dict[str, d
     ids = {
         e.data.referral_id
         for e in events
-        if isinstance(e.data, DeliveryOutcome) and e.data.succeeded
+        if isinstance(e.data, DeliveryOutcome)
+        and not isinstance(e.data, WithdrawalOutcome)
+        and e.data.succeeded
     }
     if not ids:
         return {}

@@ -78,6 +78,15 @@ class InformationChannel(StrEnum):
     OTHER = "other"
 
 
+class WithdrawalReason(StrEnum):
+    """Why a centre (or the originating agency) withdraws a referral or some of its programmes."""
+
+    CONSENT_WITHDRAWN = "consent_withdrawn"
+    BENEFICIARY_REQUEST = "beneficiary_request"
+    DUPLICATE = "duplicate"
+    ERROR = "error"
+
+
 class Gender(StrEnum):
     """Needed for the ESF+ indicator breakdown; optional on a referral."""
 

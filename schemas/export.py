@@ -18,6 +18,7 @@ from schemas.events import (
     ReferralSubmitted,
     ReferralWithdrawn,
     StatusChanged,
+    WithdrawalOutcome,
 )
 from schemas.information_request import (
     InformationRequest,
@@ -37,6 +38,7 @@ PUBLIC_MODELS: Final[dict[str, type[BaseModel]]] = {
     "referral-submitted": ReferralSubmitted,
     "referral-withdrawn": ReferralWithdrawn,
     "delivery-outcome": DeliveryOutcome,
+    "withdrawal-outcome": WithdrawalOutcome,
     "status-changed": StatusChanged,
     "agency-status-update": AgencyStatusUpdate,
     "information-request-new": InformationRequestNew,

@@ -7,6 +7,7 @@ FAMILY = FamilySpec(
     connector="connectors.benefits_agency.connector:BenefitsAgencyConnector",
     status="poll",
     minimisation=Minimisation(afm=True, special_categories="disability_allowance_only"),
+    supports=frozenset({"withdrawal"}),
     sandbox="connectors.benefits_agency.sandbox:SANDBOX",
 )
 """Published through the ``diasyndesi.families`` entry point (pyproject.toml)."""

@@ -1,5 +1,6 @@
-"""ΟΠΕΚΑ's referral service in its own words: ``submit_application_support`` and
-``application_status``, SOAP 1.2 with a WS-Security UsernameToken.
+"""ΟΠΕΚΑ's referral service in its own words: ``submit_application_support``,
+``application_status`` and ``withdraw_application``, SOAP 1.2 with a WS-Security
+UsernameToken.
 
 zeep builds and parses the envelopes from the vendored WSDL; aiohttp carries them, through
 ``AiohttpTransport``. zeep's own async transport is httpx, measured 3-4x slower here under
@@ -48,6 +49,17 @@ class Protocol:
 class ApplicationStatus:
     arithmos_protokollou: str
     katastasi: str
+
+
+@dataclass(frozen=True)
+class Anaklisi:
+    """ΟΠΕΚΑ's answer to a withdrawal: whether it had the application (``vrethike``), its
+    protocol number and status if so, and whether it knew the withdrawal already."""
+
+    vrethike: bool
+    arithmos_protokollou: str | None
+    katastasi: str | None
+    diplotypo: bool
 
 
 @dataclass(frozen=True)
@@ -182,6 +194,47 @@ class BenefitsAgencyClient:
         if not isinstance(number, str) or not number or not isinstance(status, str):
             raise RetryableError("status: malformed answer", error_class="malformed_response")
         return ApplicationStatus(number, status)
+
+    async def withdraw_application(
+        self,
+        hub_withdrawal_reference: str,
+        hub_reference: str,
+        hub_referral_id: str,
+        *,
+        aitia: str,
+        olokliri: bool,
+        programmata: list[str],
+    ) -> Anaklisi:
+        """Withdraw the application submitted (or to be submitted) under ``hub_reference``:
+        whole (``olokliri``) or the ``programmata`` named. A repeated
+        ``hub_withdrawal_reference`` answers ``diplotypo``; ΟΠΕΚΑ keeps a withdrawal of an
+        application it has not got yet (``vrethike`` false), which is then registered
+        withdrawn."""
+        answer = await self._call(
+            "withdraw",
+            "WithdrawApplication",
+            {
+                "hubWithdrawalReference": hub_withdrawal_reference,
+                "hubReference": hub_reference,
+                "hubReferralId": hub_referral_id,
+                "aitia": aitia,
+                "olokliri": olokliri,
+                "programmata": {"kodikosProgrammatos": programmata},
+            },
+        )
+        found, number, status = (
+            answer["vrethike"],
+            answer["arithmosProtokollou"],
+            answer["katastasi"],
+        )
+        if found and (not isinstance(number, str) or not number):
+            raise RetryableError("withdraw: malformed answer", error_class="malformed_response")
+        return Anaklisi(
+            bool(found),
+            number if found else None,
+            status if isinstance(status, str) else None,
+            bool(answer["diplotypo"]),
+        )
 
     async def _call(self, what: str, operation: str, kwargs: dict[str, Any]) -> Any:
         try:

@@ -1,4 +1,5 @@
-"""The benefits agency (ΟΠΕΚΑ) connector: SOAP 1.2, WS-Security UsernameToken, polled status.
+"""The benefits agency (ΟΠΕΚΑ) connector: SOAP 1.2, WS-Security UsernameToken, polled status,
+withdrawal through the WSDL's ``WithdrawApplication``.
 
 ΟΠΕΚΑ cannot push status, so the hub polls ``status_of``. Idempotency is check-then-act:
 before submitting, the connector asks for the status of its ``hubReference`` and returns
@@ -17,6 +18,8 @@ from diasyndesi_sdk.connector import (
     Receipt,
     RetryableError,
     StatusReport,
+    Withdrawal,
+    Withdraws,
 )
 from diasyndesi_sdk.pooled import PooledConnector
 from schemas.codes import EnrollmentStatus
@@ -30,9 +33,16 @@ STATUSES: dict[str, EnrollmentStatus] = {
     "APORRIFTHIKE": EnrollmentStatus.REJECTED,
     "ANAKLITHIKE": EnrollmentStatus.WITHDRAWN,
 }
+# The hub's withdrawal reasons in ΟΠΕΚΑ's words (WSDL type AitiaAnaklisis).
+REASONS: dict[str, str] = {
+    "consent_withdrawn": "ANAKLISI_SYNAINESIS",
+    "beneficiary_request": "AITIMA_OFELOUMENOU",
+    "duplicate": "DIPLOTYPI_PARAPOMPI",
+    "error": "SFALMA",
+}
 
 
-class BenefitsAgencyConnector(PooledConnector[BenefitsAgencyClient], PollsStatus):
+class BenefitsAgencyConnector(PooledConnector[BenefitsAgencyClient], PollsStatus, Withdraws):
     """``connection.base_url`` is the SOAP endpoint (it overrides the WSDL's address);
     ``username``/``secret`` are the WS-Security credentials."""
 
@@ -57,6 +67,23 @@ class BenefitsAgencyConnector(PooledConnector[BenefitsAgencyClient], PollsStatus
             reference=protocol.arithmos_protokollou,
             status=STATUSES.get(protocol.katastasi),
             duplicate=protocol.diplotypo,
+        )
+
+    async def withdraw(self, withdrawal: Withdrawal) -> Receipt:
+        """``WithdrawApplication`` by the ``hubReference`` the application was (or will be)
+        submitted with, the delivery's idempotency key."""
+        answer = await self.client.withdraw_application(
+            withdrawal.idempotency_key,
+            withdrawal.delivery_key,
+            withdrawal.referral_id,
+            aitia=REASONS[withdrawal.reason],
+            olokliri=withdrawal.whole,
+            programmata=list(withdrawal.programmes),
+        )
+        return Receipt(
+            reference=answer.arithmos_protokollou,
+            status=STATUSES.get(answer.katastasi or ""),
+            duplicate=answer.diplotypo,
         )
 
     async def status_of(self, reference: str) -> StatusReport | None:

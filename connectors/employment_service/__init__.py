@@ -7,6 +7,7 @@ FAMILY = FamilySpec(
     connector="connectors.employment_service.connector:EmploymentServiceConnector",
     status="push",
     minimisation=Minimisation(),
+    supports=frozenset({"withdrawal"}),
     sandbox="connectors.employment_service.sandbox:SANDBOX",
 )
 """Published through the ``diasyndesi.families`` entry point (pyproject.toml)."""

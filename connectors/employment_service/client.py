@@ -1,5 +1,6 @@
-"""ΔΥΠΑ's registration API in its own words: ``register`` a referred jobseeker, behind
-OAuth2 client credentials (ΔΥΠΑ pushes statuses; there is no status read yet).
+"""ΔΥΠΑ's registration API in its own words: ``register`` a referred jobseeker and
+``withdraw_registration``, behind OAuth2 client credentials (ΔΥΠΑ pushes statuses; there is
+no status read yet).
 
 aiohttp, not httpx: under 32 concurrent calls on this hardware httpx's AsyncClient fell to
 178 req/s while aiohttp reached ~2,600 (docs/decisions/0004-http-client.md).
@@ -22,7 +23,8 @@ from diasyndesi_sdk.http import request_json
 
 @dataclass(frozen=True)
 class Registration:
-    registration_number: str
+    registration_number: str | None
+    """None only in the answer to a withdrawal of a registration ΔΥΠΑ has not got yet."""
     status: str
     duplicate: bool
 
@@ -77,13 +79,57 @@ class EmploymentServiceClient:
 
     async def register(self, payload: dict[str, Any], idempotency_key: str) -> Registration:
         """Register a referred jobseeker; a repeat key returns the first registration."""
+        status, body = await self._authorised(
+            "POST", "/api/v1/registrations", "register", payload, idempotency_key
+        )
+        number = body.get("registration_number")
+        if not isinstance(number, str) or not number:
+            raise RetryableError("register: malformed answer", error_class="malformed_response")
+        return Registration(number, str(body.get("status", "received")), status == 200)
+
+    async def withdraw_registration(
+        self,
+        registration_key: str,
+        hub_referral_id: str,
+        programmes: list[str],
+        *,
+        whole: bool,
+        reason: str,
+        idempotency_key: str,
+    ) -> Registration:
+        """Withdraw the registration requested under ``registration_key`` (the
+        ``Idempotency-Key`` it was, or will be, sent with), whole or some programmes; a
+        repeated ``idempotency_key`` answers the first answer (``duplicate``). ΔΥΠΑ keeps a
+        withdrawal of a registration it has not got yet (no number in the answer): that
+        registration is born withdrawn."""
+        body = {
+            "registration_key": registration_key,
+            "hub_referral_id": hub_referral_id,
+            "programmes": programmes,
+            "whole": whole,
+            "reason": reason,
+        }
+        status, answer = await self._authorised(
+            "POST", "/api/v1/registrations/withdrawals", "withdraw", body, idempotency_key
+        )
+        number, state = answer.get("registration_number"), answer.get("status")
+        if not (number is None or (isinstance(number, str) and number)) or not isinstance(
+            state, str
+        ):
+            raise RetryableError("withdraw: malformed answer", error_class="malformed_response")
+        return Registration(number, state, status == 200)
+
+    async def _authorised(
+        self, method: str, path: str, what: str, payload: dict[str, Any], idempotency_key: str
+    ) -> tuple[int, dict[str, Any]]:
+        """One call with the bearer token; a refused token is fetched again, once."""
         for attempt in (1, 2):
             token = await self._fetch_token()
             try:
-                status, body = await self._request(
-                    "POST",
-                    "/api/v1/registrations",
-                    "register",
+                return await self._request(
+                    method,
+                    path,
+                    what,
                     json=payload,
                     headers={
                         "Authorization": f"Bearer {token}",
@@ -96,13 +142,8 @@ class EmploymentServiceClient:
                 self._token = None  # expired or revoked: fetch a new one, once
                 if attempt == 2:
                     raise RetryableError(
-                        "register: token refused twice", error_class="auth_rejected"
+                        f"{what}: token refused twice", error_class="auth_rejected"
                     ) from exc
-                continue
-            number = body.get("registration_number")
-            if not isinstance(number, str) or not number:
-                raise RetryableError("register: malformed answer", error_class="malformed_response")
-            return Registration(number, str(body.get("status", "received")), status == 200)
         raise AssertionError("unreachable: the loop returns or raises")
 
     async def _call(self, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:

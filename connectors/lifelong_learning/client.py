@@ -17,7 +17,8 @@ from diasyndesi_sdk.http import read_json_object, request_json
 
 @dataclass(frozen=True)
 class Enrolment:
-    enrolment_id: str
+    enrolment_id: str | None
+    """None only in the answer to a cancellation of an enrolment the centre has not got."""
     status: str
     duplicate: bool = False
 
@@ -45,12 +46,36 @@ class LifelongLearningClient:
                 return None
             raise
 
-    async def cancel(self, enrolment_id: str) -> Enrolment:
-        """Withdraw an enrolment; cancelling twice answers the same."""
-        return (await self._call("POST", f"/{enrolment_id}/cancel", "cancel"))[1]
+    async def cancel(
+        self,
+        enrolment_key: str,
+        hub_referral_id: str,
+        courses: list[str],
+        *,
+        whole: bool,
+        reason: str,
+        idempotency_key: str,
+    ) -> Enrolment:
+        """Cancel the enrolment requested under ``enrolment_key`` (the ``Idempotency-Key``
+        it was, or will be, sent with), whole or some ``courses``. The centre answers 201,
+        or 200 with the first answer to a repeated ``idempotency_key`` (``duplicate``); a
+        cancellation of an enrolment it does not have yet is kept, and answered without an
+        ``enrolment_id``: that enrolment will be born cancelled."""
+        body = {
+            "enrolment_key": enrolment_key,
+            "hub_referral_id": hub_referral_id,
+            "courses": courses,
+            "whole": whole,
+            "reason": reason,
+        }
+        headers = {"Idempotency-Key": idempotency_key}
+        code, answer = await self._call(
+            "POST", "/cancellations", "cancel", json=body, headers=headers, known=False
+        )
+        return Enrolment(answer.enrolment_id, answer.status, duplicate=code == 200)
 
     async def _call(
-        self, method: str, path: str, what: str, **kwargs: Any
+        self, method: str, path: str, what: str, *, known: bool = True, **kwargs: Any
     ) -> tuple[int, Enrolment]:
         code, body = await request_json(
             self._session,
@@ -62,7 +87,10 @@ class LifelongLearningClient:
             **kwargs,
         )
         enrolment_id, status = body.get("enrolment_id"), body.get("status")
-        if not isinstance(enrolment_id, str) or not enrolment_id or not isinstance(status, str):
+        unknown = enrolment_id is None and not known  # a cancellation that came first
+        if not (unknown or (isinstance(enrolment_id, str) and enrolment_id)) or not isinstance(
+            status, str
+        ):
             raise RetryableError(f"{what}: malformed answer", error_class="malformed_response")
         return code, Enrolment(enrolment_id, status)
 

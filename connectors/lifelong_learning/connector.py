@@ -9,7 +9,14 @@ import aiohttp
 
 from connectors.lifelong_learning.client import LifelongLearningClient
 from connectors.lifelong_learning.settings import LifelongLearningConnection
-from diasyndesi_sdk.connector import AgencyConnection, Delivery, Receipt
+from diasyndesi_sdk.connector import (
+    AgencyConnection,
+    Delivery,
+    Receipt,
+    RetryableError,
+    Withdrawal,
+    Withdraws,
+)
 from diasyndesi_sdk.errors import ConfigurationError
 from diasyndesi_sdk.pooled import PooledConnector
 from diasyndesi_sdk.tls import client_context
@@ -19,7 +26,7 @@ ANSWERS = ("received", "accepted", "waitlisted", "rejected", "withdrawn")
 STATUSES = {answer: EnrollmentStatus(answer) for answer in ANSWERS}
 
 
-class LifelongLearningConnector(PooledConnector[LifelongLearningClient]):
+class LifelongLearningConnector(PooledConnector[LifelongLearningClient], Withdraws):
     family = "lifelong_learning"
 
     def __init__(
@@ -44,5 +51,20 @@ class LifelongLearningConnector(PooledConnector[LifelongLearningClient]):
 
     async def deliver(self, delivery: Delivery) -> Receipt:
         enrolment = await self.client.enrol(delivery.payload, delivery.idempotency_key)
+        if enrolment.enrolment_id is None:  # the client refuses this; for the type checker
+            raise RetryableError("enrol: malformed answer", error_class="malformed_response")
         status = STATUSES.get(enrolment.status)
         return Receipt(enrolment.enrolment_id, status, duplicate=enrolment.duplicate)
+
+    async def withdraw(self, withdrawal: Withdrawal) -> Receipt:
+        """The centre's cancellation, by the key the enrolment was (or will be) sent with."""
+        cancelled = await self.client.cancel(
+            withdrawal.delivery_key,
+            withdrawal.referral_id,
+            list(withdrawal.programmes),
+            whole=withdrawal.whole,
+            reason=withdrawal.reason,
+            idempotency_key=withdrawal.idempotency_key,
+        )
+        status = STATUSES.get(cancelled.status)
+        return Receipt(cancelled.enrolment_id, status, duplicate=cancelled.duplicate)

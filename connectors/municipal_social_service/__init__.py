@@ -7,6 +7,7 @@ FAMILY = FamilySpec(
     connector="connectors.municipal_social_service.connector:MunicipalSocialServiceConnector",
     status="push",
     minimisation=Minimisation(notes=True, special_categories="all"),
+    supports=frozenset({"withdrawal"}),
     sandbox="connectors.municipal_social_service.sandbox:SANDBOX",
 )
 """Published through the ``diasyndesi.families`` entry point (pyproject.toml)."""

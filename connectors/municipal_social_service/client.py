@@ -1,5 +1,6 @@
 """A municipal social service's case API in its own words: ``open_case`` for a referred
-citizen, every request signed per Standard Webhooks with the municipality's secret.
+citizen and the ``referral.withdrawn`` webhook (``referral_withdrawn``), every request signed
+per Standard Webhooks with the municipality's secret.
 
 The ``webhook-id`` of a request is the delivery's idempotency key, so a retry carries the
 same id and the municipality absorbs it; the timestamp (and so the signature) is fresh on
@@ -27,7 +28,8 @@ from diasyndesi_sdk.webhooks import REASONS, sign
 class Case:
     """The municipality's answer: its case number, the case status, whether it was a repeat."""
 
-    case_number: str
+    case_number: str | None
+    """None only in the answer to a withdrawal of a case the municipality has not got yet."""
     status: str
     duplicate: bool
 
@@ -71,6 +73,43 @@ class MunicipalSocialServiceClient:
         if not isinstance(number, str) or not number:
             raise RetryableError("open_case: malformed answer", error_class="malformed_response")
         return Case(number, str(body.get("status", "received")), status == 200)
+
+    async def referral_withdrawn(
+        self,
+        case_key: str,
+        hub_referral_id: str,
+        services: list[str],
+        *,
+        whole: bool,
+        reason: str,
+        withdrawn_at: str,
+        message_id: str,
+    ) -> Case:
+        """The ``referral.withdrawn`` webhook (``POST /api/v1/webhooks``, a Standard Webhooks
+        payload ``{"type", "timestamp", "data"}``) for the case opened, or to be opened,
+        under ``case_key``: whole (the case is closed) or some services. ``message_id`` is
+        its ``webhook-id``: a retry carries the same body and id, and the municipality
+        answers the first answer; one for a case it has not got yet is kept (no
+        ``case_number``), and that case is born closed."""
+        payload = {
+            "type": "referral.withdrawn",
+            "timestamp": withdrawn_at,
+            "data": {
+                "case_key": case_key,
+                "hub_referral_id": hub_referral_id,
+                "services": services,
+                "whole": whole,
+                "reason": reason,
+            },
+        }
+        what = "referral_withdrawn"
+        status, body = await self._send("POST", "/api/v1/webhooks", what, payload, message_id)
+        number, state = body.get("case_number"), body.get("status")
+        if not (number is None or (isinstance(number, str) and number)) or not isinstance(
+            state, str
+        ):
+            raise RetryableError(f"{what}: malformed answer", error_class="malformed_response")
+        return Case(number, state, status == 200)
 
     async def _send(
         self, method: str, path: str, what: str, payload: dict[str, Any], msg_id: str

@@ -21,10 +21,12 @@ if TYPE_CHECKING:  # what the names are, for type checkers; at run time see __ge
         NonEmptySecret,
         PushingSandboxConfig,
         SandboxApp,
+        announce_withdrawal,
         error_response,
         quiet_fastapi,
         request_object,
         sandbox_app,
+        withdrawal_fields,
     )
     from connectors.sandbox_kit.faults import (
         FaultKnobs,
@@ -36,6 +38,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers; at run time see __ge
         IdempotencyKeyReused,
         ReceivedRecord,
         SandboxLedger,
+        WithdrawalRecord,
         utc_now,
     )
     from connectors.sandbox_kit.push import PushJournal, StatusPusher
@@ -56,6 +59,9 @@ _HOMES = {
     "ReceivedRecord": "ledger",
     "SandboxLedger": "ledger",
     "utc_now": "ledger",
+    "WithdrawalRecord": "ledger",
+    "withdrawal_fields": "app",
+    "announce_withdrawal": "app",
     "PushJournal": "push",
     "StatusPusher": "push",
 }
@@ -80,11 +86,14 @@ __all__ = [
     "SandboxApp",
     "SandboxLedger",
     "StatusPusher",
+    "WithdrawalRecord",
     "add_sandbox_routes",
+    "announce_withdrawal",
     "apply_faults",
     "error_response",
     "quiet_fastapi",
     "request_object",
     "sandbox_app",
     "utc_now",
+    "withdrawal_fields",
 ]

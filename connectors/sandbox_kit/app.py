@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.sandbox_kit.faults import Faults, add_sandbox_routes
-from connectors.sandbox_kit.ledger import SandboxLedger
+from connectors.sandbox_kit.ledger import SandboxLedger, WithdrawalRecord
 from connectors.sandbox_kit.push import StatusPusher
 
 log = structlog.get_logger(__name__)
@@ -71,6 +71,58 @@ def request_object(raw: bytes) -> dict[str, Any] | JSONResponse:
     if not isinstance(body, dict):
         return error_response(422, "validation_failed", errors=[{"field": "", "message": "object"}])
     return body
+
+
+REASONS = frozenset({"consent_withdrawn", "beneficiary_request", "duplicate", "error"})
+
+
+def withdrawal_fields(
+    body: dict[str, Any], *, key: str, referral: str, programmes: str
+) -> dict[str, Any] | JSONResponse:
+    """A REST agency's cancellation body, in its own field names (``key``: the idempotency
+    key the referral was, or will be, delivered under; ``referral``: the hub's referral id;
+    ``programmes``: its own codes), plus ``whole`` and ``reason``; or its 422 naming the
+    wrong fields (never their values)."""
+    wrong = [
+        name
+        for name, ok in (
+            (key, isinstance(body.get(key), str) and 0 < len(body[key]) <= 255),
+            (referral, isinstance(body.get(referral), str) and bool(body[referral])),
+            (
+                programmes,
+                isinstance(body.get(programmes), list)
+                and all(isinstance(p, str) for p in body[programmes]),
+            ),
+            ("whole", isinstance(body.get("whole"), bool)),
+            ("reason", body.get("reason") in REASONS),
+        )
+        if not ok
+    ]
+    if wrong:
+        return error_response(422, "validation_failed", errors=[{"field": f} for f in wrong])
+    return {
+        "delivery_key": body[key],
+        "referral_id": body[referral],
+        "programmes": body[programmes],
+        "whole": body["whole"],
+        "reason": body["reason"],
+    }
+
+
+def announce_withdrawal(
+    pusher: StatusPusher,
+    ledger: SandboxLedger,
+    rec: WithdrawalRecord,
+    is_new: bool,
+    decision_delay_s: float,
+) -> str | None:
+    """After a new withdrawal that ends a case the agency has, push ``withdrawn`` once any
+    decision still owed is out (so the hub ends on it); returns the case's reference."""
+    original = ledger.get(rec.delivery_key)
+    reference = original.reference if original is not None else None
+    if is_new and rec.whole and original is not None and reference is not None:
+        pusher.schedule(original.referral_id, reference, [(decision_delay_s + 0.1, "withdrawn")])
+    return reference
 
 
 class PushingSandboxConfig(BaseModel):

@@ -166,6 +166,10 @@ def add_sandbox_routes(app: FastAPI, ledger: SandboxLedger, faults: Faults) -> N
     async def sandbox_received() -> list[dict[str, Any]]:
         return ledger.received()
 
+    @app.get("/_sandbox/withdrawals", tags=["sandbox"])
+    async def sandbox_withdrawals() -> list[dict[str, Any]]:
+        return ledger.withdrawals()
+
     @app.get("/_sandbox/stats", tags=["sandbox"])
     async def sandbox_stats() -> dict[str, int]:
         return ledger.stats()

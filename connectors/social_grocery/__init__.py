@@ -7,6 +7,7 @@ FAMILY = FamilySpec(
     connector="connectors.social_grocery.connector:SocialGroceryConnector",
     status="push",
     minimisation=Minimisation(),
+    supports=frozenset({"withdrawal"}),
     sandbox="connectors.social_grocery.sandbox:SANDBOX",
 )
 """Published through the ``diasyndesi.families`` entry point (pyproject.toml)."""

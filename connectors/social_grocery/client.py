@@ -1,5 +1,6 @@
-"""The social grocery's case API in its own words: ``refer_household`` to a grocery and
-``case_status`` of an earlier referral, behind a static API key (``X-API-Key``).
+"""The social grocery's case API in its own words: ``refer_household`` to a grocery,
+``case_status`` of an earlier referral and ``cancel_case``, behind a static API key
+(``X-API-Key``).
 
 aiohttp, as for ΔΥΠΑ (docs/decisions/0004-http-client.md). Every failure is translated
 through the SDK's one table (a refused API key, 401, is retryable ``auth_rejected``: the
@@ -22,7 +23,8 @@ from diasyndesi_sdk.http import request_json
 class Intake:
     """The grocery's answer to a referral: its case id and whether a place was free."""
 
-    case_id: str
+    case_id: str | None
+    """None only in the answer to a cancellation of a case the grocery has not got yet."""
     status: str
     duplicate: bool
 
@@ -60,6 +62,40 @@ class SocialGroceryClient:
                 return None
             raise
         return self._case(body, "case_status")[1]
+
+    async def cancel_case(
+        self,
+        external_key: str,
+        external_id: str,
+        services: list[str],
+        *,
+        whole: bool,
+        reason: str,
+        idempotency_key: str,
+    ) -> Intake:
+        """Cancel the case referred under ``external_key`` (the ``Idempotency-Key`` it was,
+        or will be, sent with), whole or some services; a repeated
+        ``idempotency_key`` answers the first answer. A cancellation of a case the grocery
+        has not got yet is kept (no ``case_id`` in the answer): that case is born cancelled."""
+        status, body = await self._request(
+            "POST",
+            "/api/referrals/cancellations",
+            "cancel_case",
+            json={
+                "external_key": external_key,
+                "external_id": external_id,
+                "services": services,
+                "whole": whole,
+                "reason": reason,
+            },
+            headers={**self._headers, "Idempotency-Key": idempotency_key},
+        )
+        case_id, state = body.get("case_id"), body.get("status")
+        if not (case_id is None or (isinstance(case_id, str) and case_id)) or not isinstance(
+            state, str
+        ):
+            raise RetryableError("cancel_case: malformed answer", error_class="malformed_response")
+        return Intake(case_id, state, duplicate=status == 200)
 
     @staticmethod
     def _case(body: dict[str, Any], what: str) -> tuple[str, str]:

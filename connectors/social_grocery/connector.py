@@ -11,7 +11,7 @@ from __future__ import annotations
 import aiohttp
 
 from connectors.social_grocery.client import SocialGroceryClient
-from diasyndesi_sdk.connector import Delivery, Receipt
+from diasyndesi_sdk.connector import Delivery, Receipt, RetryableError, Withdrawal, Withdraws
 from diasyndesi_sdk.errors import ConfigurationError
 from diasyndesi_sdk.pooled import PooledConnector
 from schemas.codes import EnrollmentStatus
@@ -22,10 +22,11 @@ STATUSES = {
     "accepted": EnrollmentStatus.ACCEPTED,
     "waitlisted": EnrollmentStatus.WAITLISTED,
     "rejected": EnrollmentStatus.REJECTED,
+    "withdrawn": EnrollmentStatus.WITHDRAWN,
 }
 
 
-class SocialGroceryConnector(PooledConnector[SocialGroceryClient]):
+class SocialGroceryConnector(PooledConnector[SocialGroceryClient], Withdraws):
     family = "social_grocery"
 
     def check(self) -> None:
@@ -42,8 +43,29 @@ class SocialGroceryConnector(PooledConnector[SocialGroceryClient]):
 
     async def deliver(self, delivery: Delivery) -> Receipt:
         intake = await self.client.refer_household(delivery.payload, delivery.idempotency_key)
+        if intake.case_id is None:  # refused by the client; for the type checker
+            raise RetryableError(
+                "refer_household: malformed answer", error_class="malformed_response"
+            )
         return Receipt(
             reference=intake.case_id,
             status=STATUSES.get(intake.status),
             duplicate=intake.duplicate,
+        )
+
+    async def withdraw(self, withdrawal: Withdrawal) -> Receipt:
+        """The grocery's cancellation, by the key the household was (or will be) referred
+        with."""
+        cancelled = await self.client.cancel_case(
+            withdrawal.delivery_key,
+            withdrawal.referral_id,
+            list(withdrawal.programmes),
+            whole=withdrawal.whole,
+            reason=withdrawal.reason,
+            idempotency_key=withdrawal.idempotency_key,
+        )
+        return Receipt(
+            reference=cancelled.case_id,
+            status=STATUSES.get(cancelled.status),
+            duplicate=cancelled.duplicate,
         )

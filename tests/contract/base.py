@@ -14,13 +14,22 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
 import pytest
 
-from diasyndesi_sdk.connector import Connector, Delivery, PollsStatus, Receipt, idempotency_key
+from diasyndesi_sdk.connector import (
+    Connector,
+    Delivery,
+    PollsStatus,
+    Receipt,
+    Withdrawal,
+    Withdraws,
+    idempotency_key,
+)
 from diasyndesi_sdk.family import FamilySpec
 from diasyndesi_sdk.sandbox import Sandbox, SandboxAgency, SandboxContext
 from hub.broker import free_port
@@ -31,6 +40,7 @@ from hub.registry import Agency, Registry
 from hub.samples import sample_referral
 from hub.servers import RunningServer, start_server
 from hub.settings import AgencyConnection, Settings, packaged_dir
+from schemas.codes import EnrollmentStatus
 from schemas.referral import Referral
 
 REGISTRY = Registry.load(Settings().registry_dir)
@@ -72,7 +82,7 @@ class Harness:
         its first two programmes unless told)."""
         municipality = next((m for m in self.agency.municipalities if m != "*"), "kozani")
         centre = next(c for c in REGISTRY.centres.values() if c.municipality == municipality)
-        programmes = programmes or [code.value for code in self.agency.programmes[:2]]
+        programmes = programmes or self.programmes()
         body = sample_referral(centre.code, programmes, seed=11, municipality=municipality)
         if vulnerabilities is not None:
             body["beneficiary"]["vulnerabilities"] = vulnerabilities
@@ -103,6 +113,33 @@ class Harness:
             idempotency_key=idempotency_key(event_id, self.agency.id),
             payload=self.payload(referral_id, **referral),
         )
+
+    def programmes(self) -> list[str]:
+        """The programmes ``payload`` asks this agency for unless told (its first two)."""
+        return [code.value for code in self.agency.programmes[:2]]
+
+    def withdrawal(
+        self, delivery: Delivery, *, programmes: list[str] | None = None, whole: bool = True
+    ) -> Withdrawal:
+        """A fresh withdrawal of ``delivery`` (of ``programmes``, canonical codes; all of
+        the delivery's unless told), as the hub builds it."""
+        event_id = str(uuid.uuid4())
+        return Withdrawal(
+            event_id=event_id,
+            referral_id=delivery.referral_id,
+            agency=self.agency.id,
+            idempotency_key=idempotency_key(event_id, self.agency.id),
+            delivery_key=delivery.idempotency_key,
+            reason="consent_withdrawn",
+            programmes=tuple(self.mapping.programme_codes(programmes or self.programmes())),
+            whole=whole,
+            withdrawn_at=datetime.now(UTC),
+        )
+
+    async def received_entry(self, delivery: Delivery) -> dict[str, Any]:
+        """The sandbox's first ``received`` entry for ``delivery``."""
+        records = await self.call_sandbox("GET", "received")
+        return next(r for r in records if r["idempotency_key"] == delivery.idempotency_key)
 
     async def call_sandbox(self, method: str, path: str, body: Any = None) -> Any:
         async with (
@@ -301,3 +338,109 @@ class ConnectorContract:
         await connector.start()
         await connector.stop()
         assert connector.agency == harness.agency.id
+
+    # -- withdrawal (``Withdraws``, declared as ``supports={"withdrawal"}``) ----------------
+
+    @pytest.fixture
+    def withdraws(self, harness: Harness, connector: Connector) -> Withdraws:
+        """The connector as ``Withdraws``; the test is skipped for a family that declares
+        no withdrawal (``test_withdrawal_matches_the_declared_capability`` holds it to that)."""
+        if not isinstance(connector, Withdraws):
+            pytest.skip(f"{self.family} does not declare withdrawal")
+        return connector
+
+    async def test_withdrawal_matches_the_declared_capability(
+        self, harness: Harness, connector: Connector
+    ) -> None:
+        declared = "withdrawal" in harness.spec.supports
+        assert isinstance(connector, Withdraws) == declared, (
+            f"{self.family} declares supports={sorted(harness.spec.supports)}"
+        )
+
+    async def test_withdraws_a_delivered_referral(
+        self, harness: Harness, connector: Connector, withdraws: Withdraws
+    ) -> None:
+        delivery = harness.delivery()
+        receipt = await connector.deliver(delivery)
+        withdrawn = await withdraws.withdraw(harness.withdrawal(delivery))
+        assert isinstance(withdrawn, Receipt)
+        assert withdrawn.reference == receipt.reference
+        assert withdrawn.duplicate is False
+        assert withdrawn.status in (EnrollmentStatus.WITHDRAWN, None)
+        entry = await harness.received_entry(delivery)
+        assert entry["withdrawn_at"] is not None
+        [call] = await harness.call_sandbox("GET", "withdrawals")
+        assert (call["delivery_key"], call["known"], call["whole"]) == (
+            delivery.idempotency_key,
+            True,
+            True,
+        )
+
+    async def test_a_repeated_withdrawal_has_no_second_effect(
+        self, harness: Harness, connector: Connector, withdraws: Withdraws
+    ) -> None:
+        delivery = harness.delivery()
+        await connector.deliver(delivery)
+        withdrawal = harness.withdrawal(delivery)
+        first = await withdraws.withdraw(withdrawal)
+        second = await withdraws.withdraw(withdrawal)
+        assert second.reference == first.reference
+        assert second.duplicate is True
+        calls = await harness.call_sandbox("GET", "withdrawals")
+        assert [c["duplicate"] for c in calls] == [False, True]
+        assert {c["withdrawal_key"] for c in calls} == {withdrawal.idempotency_key}
+
+    async def test_a_withdrawal_that_overtakes_the_delivery_is_kept(
+        self, harness: Harness, connector: Connector, withdraws: Withdraws
+    ) -> None:
+        """The withdrawal reaches the agency first (the delivery still on a retry topic):
+        the agency takes it, and the referral arriving later is never active."""
+        delivery = harness.delivery()
+        early = await withdraws.withdraw(harness.withdrawal(delivery))
+        assert early.reference is None
+        assert early.duplicate is False
+        late = await connector.deliver(delivery)
+        assert late.reference
+        assert late.status in (EnrollmentStatus.WITHDRAWN, None)
+        entry = await harness.received_entry(delivery)
+        assert entry["withdrawn_at"] is not None
+        [call] = await harness.call_sandbox("GET", "withdrawals")
+        assert call["known"] is False
+
+    async def test_a_partial_withdrawal_leaves_the_case_open(
+        self, harness: Harness, connector: Connector, withdraws: Withdraws
+    ) -> None:
+        delivery = harness.delivery()
+        await connector.deliver(delivery)
+        first = harness.programmes()[:1]
+        withdrawal = harness.withdrawal(delivery, programmes=first, whole=False)
+        await withdraws.withdraw(withdrawal)
+        entry = await harness.received_entry(delivery)
+        assert entry["withdrawn_at"] is None
+        assert entry["withdrawn_programmes"] == list(withdrawal.programmes)
+
+    async def test_a_withdrawal_to_an_unavailable_agency_is_retryable(
+        self, harness: Harness, connector: Connector, withdraws: Withdraws
+    ) -> None:
+        delivery = harness.delivery()
+        await connector.deliver(delivery)
+        await harness.call_sandbox(
+            "POST", "faults", {"fail_rate": 1.0, "status": 503, "retry_after_s": 3}
+        )
+        with pytest.raises(RetryableError) as caught:
+            await withdraws.withdraw(harness.withdrawal(delivery))
+        assert caught.value.error_class == "http_503"
+        assert_quotes_nothing_personal(caught.value, delivery)
+        await harness.call_sandbox("POST", "faults", {})
+        assert await harness.call_sandbox("GET", "withdrawals") == []
+
+    async def test_a_refused_withdrawal_is_permanent(
+        self, harness: Harness, connector: Connector, withdraws: Withdraws
+    ) -> None:
+        delivery = harness.delivery()
+        await connector.deliver(delivery)
+        await harness.call_sandbox("POST", "faults", {"fail_rate": 1.0, "status": 400})
+        with pytest.raises(PermanentError) as caught:
+            await withdraws.withdraw(harness.withdrawal(delivery))
+        assert caught.value.error_class in ("http_400", "soap_client_fault")
+        assert_quotes_nothing_personal(caught.value, delivery)

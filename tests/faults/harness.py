@@ -49,9 +49,10 @@ EVERY_FAMILY = [  # one programme of each family: every scenario covers all five
     "HELP_AT_HOME",
     "ADULT_EDUCATION",
 ]
-SETTLED = frozenset({"delivered", "dead_lettered"})
-DECIDED = frozenset({"accepted", "enrolled", "waitlisted", "rejected", "completed"})
-"""The sandboxes answer ``received`` at once and decide ``decision_delay_s`` later."""
+SETTLED = frozenset({"delivered", "dead_lettered", "withdrawn"})
+DECIDED = frozenset({"accepted", "enrolled", "waitlisted", "rejected", "completed", "withdrawn"})
+"""The sandboxes answer ``received`` at once and decide ``decision_delay_s`` later (or answer
+``withdrawn`` once a withdrawal reached them)."""
 MUNICIPAL = ("kozani-social-service", "karpenisi-social-service")
 SUMMARIES: list[str] = []  # one line per scenario, printed at the end of the session
 
@@ -527,6 +528,42 @@ class Client:
             await asyncio.sleep(1 / rate_per_s)
         return list(await asyncio.gather(*tasks))
 
+    async def withdraw(
+        self, referral_id: str, reason: str = "consent_withdrawn", *, deadline_s: float = 120.0
+    ) -> str:
+        """POST a whole withdrawal; on a connection error or 5xx try again until a 202, or a
+        409 (an earlier try was committed before the answer was lost). Returns the answer."""
+        url = f"{self.hub.api_url}/v1/referrals/{referral_id}/withdraw"
+        headers = {"Authorization": f"Bearer {self.centre_token}"}
+        started = time.monotonic()
+        while True:
+            try:
+                async with self.session.post(
+                    url, json={"reason": reason}, headers=headers
+                ) as response:
+                    answer = str(response.status)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                answer = type(exc).__name__
+            if answer in ("202", "409"):
+                return answer
+            if answer.startswith("4"):
+                raise AssertionError(f"withdrawal of {referral_id} refused with {answer}")
+            if time.monotonic() - started > deadline_s:
+                raise AssertionError(f"withdrawal of {referral_id} not accepted: {answer}")
+            await asyncio.sleep(0.25)
+
+    async def sandbox_withdrawals(self) -> list[dict[str, Any]]:
+        """Every withdrawal call every sandbox agency recorded, tagged with its ``agency``."""
+        ports = self.hub.ports
+        calls = []
+        for agency in ("opeka", "dypa", "kozani-social-grocery", "kozani-lifelong-learning"):
+            url = f"{ports.sandbox_url(agency)}/_sandbox/withdrawals"
+            calls.extend({**call, "agency": agency} for call in await self._received(url))
+        calls.extend(
+            await self._received(f"http://127.0.0.1:{ports.municipal}/_sandbox/withdrawals")
+        )
+        return calls
+
     async def dlq(self) -> list[dict[str, Any]]:
         """Open dead letters (``GET /v1/ops/dlq``, operator token)."""
         async with self.session.get(
@@ -620,6 +657,23 @@ class Client:
                 return {p: states[p] for p in pairs}, elapsed, True
             if elapsed > timeout_s:
                 return {p: states.get(p, {}) for p in pairs}, elapsed, False
+            await asyncio.sleep(poll_s)
+
+    async def wait_withdrawn(
+        self, pairs: set[tuple[str, str]], *, timeout_s: float = 120.0, poll_s: float = 0.5
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        """Poll until every pair's delivery is ``withdrawn`` (the agency acknowledged), or
+        the timeout; returns the last states of the pairs."""
+        started = time.monotonic()
+        states: dict[tuple[str, str], dict[str, Any]] = {}
+        while True:
+            try:
+                states.update(await self.hub_states({rid for rid, _ in pairs}))
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            waiting = [p for p in pairs if states.get(p, {}).get("delivery") != "withdrawn"]
+            if not waiting or time.monotonic() - started > timeout_s:
+                return {p: states.get(p, {}) for p in pairs}
             await asyncio.sleep(poll_s)
 
     async def wait_decided(
@@ -774,15 +828,15 @@ def reconcile(
         state = hub_states.get(pair, {}).get("delivery")
         if n > 1:
             report.duplicated[pair] = n
-        if n == 0 and pair not in dead:
-            report.lost.append(pair)
+        if n == 0 and pair not in dead and state != "withdrawn":
+            report.lost.append(pair)  # (a withdrawal may rightly supersede a delivery)
         if n and pair in dead:
             report.effect_and_dead_letter.append(pair)
         if pair in dead and not dead[pair]:
             report.dead_letter_without_reason.append(pair)
         if state == "delivered" and n == 0:
             report.state_mismatch[pair] = "hub says delivered, agency has no side effect"
-        if (state == "dead_lettered") != (pair in dead):
+        if state != "withdrawn" and (state == "dead_lettered") != (pair in dead):
             report.state_mismatch[pair] = f"read model says {state}, dead-letter ledger disagrees"
         if state not in SETTLED:
             where = f"{state}@{pair[1]}"
@@ -810,3 +864,35 @@ async def drain_and_reconcile(
     report.extra = extra
     report.states = states
     return report
+
+
+def reconcile_withdrawals(
+    withdrawn: set[str],
+    routed: dict[str, list[str]],
+    states: dict[tuple[str, str], dict[str, Any]],
+    records: list[dict[str, Any]],
+    calls: list[dict[str, Any]],
+) -> list[str]:
+    """Every (withdrawn referral, routed agency) pair: the hub shows ``withdrawn``, the agency
+    took the withdrawal exactly once (repeats absorbed as duplicates) and holds no active
+    referral (any entry it has shows ``withdrawn_at``). Returns what is wrong."""
+    problems = []
+    taken: Counter[tuple[str, str]] = Counter(
+        (c["referral_id"], c["agency"]) for c in calls if not c["duplicate"]
+    )
+    for referral_id in sorted(withdrawn):
+        for agency in routed[referral_id]:
+            pair = (referral_id, agency)
+            state = states.get(pair, {}).get("delivery")
+            if state != "withdrawn":
+                problems.append(f"{pair}: the hub says {state}")
+            if taken[pair] != 1:
+                problems.append(f"{pair}: the agency took the withdrawal {taken[pair]} times")
+            active = [
+                r
+                for r in records
+                if (r["referral_id"], r["agency"]) == pair and not r.get("withdrawn_at")
+            ]
+            if active:
+                problems.append(f"{pair}: the agency holds it active")
+    return problems

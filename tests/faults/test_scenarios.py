@@ -23,6 +23,7 @@ from tests.faults.harness import (
     ReplacementBroker,
     drain_and_reconcile,
     pid_alive,
+    reconcile_withdrawals,
 )
 
 pytestmark = pytest.mark.faults
@@ -103,22 +104,39 @@ async def test_a0_up_restarts_after_its_process_group_is_sigkilled(hub: HubProce
 async def test_a_whole_tree_sigkilled_mid_run_then_restarted(
     hub: HubProcess, client_for: Callable[[HubProcess], Client]
 ) -> None:
-    """kill -9 of everything while 100 referrals flow; `up` again on the same VAR_DIR."""
+    """kill -9 of everything while 100 referrals flow and 10 of them are being withdrawn;
+    `up` again on the same VAR_DIR. Every withdrawal accepted before the kill reaches each
+    of its agencies exactly once after recovery, and none of them holds the referral."""
     hub.start()
     client = client_for(hub)
     flowing = asyncio.create_task(client.submit_many("crash", 100, rate_per_s=25))
     await until(lambda: len(client.stats.submitted) >= 40, 30, "40 referrals accepted")
+    # some delivered by now, some in flight, some not yet read: withdraw ten of them
+    chosen = [s.referral_id for s in client.stats.submitted[5:35:3]]
+    withdrawn = {rid for rid in chosen if await client.withdraw(rid) == "202"}
+    assert len(withdrawn) == len(chosen)
     hub.kill()
     killed_at = time.monotonic()
     ready_s = await asyncio.to_thread(hub.start)
     await gather_bounded(flowing, 120)
     report = await drain_and_reconcile("a: whole tree SIGKILL + restart", client)
+    routed = {s.referral_id: s.routed for s in client.stats.submitted}
+    withdrawn_pairs = {(rid, agency) for rid in withdrawn for agency in routed[rid]}
+    problems = reconcile_withdrawals(
+        withdrawn,
+        routed,
+        await client.wait_withdrawn(withdrawn_pairs),
+        await client.sandbox_records(),
+        await client.sandbox_withdrawals(),
+    )
     report.extra = (
-        f"accepted_before_kill>=40 restart_ready_s={ready_s:.1f} "
+        f"accepted_before_kill>=40 withdrawn_before_kill={len(withdrawn)} "
+        f"withdrawal_problems={len(problems)} restart_ready_s={ready_s:.1f} "
         f"down_s={hub.started_at - killed_at:.1f} retried_posts={client.stats.non_202} "
         f"orphaned_brokers={len(hub.orphans_seen)}"
     )
     check(report, hub)
+    assert not problems, "\n".join(problems[:20])
     if hub.database_url:  # on PostgreSQL (`make test-postgres`) nothing is written to SQLite
         assert not list(hub.var_dir.rglob("*.db")), list(hub.var_dir.rglob("*.db"))
 

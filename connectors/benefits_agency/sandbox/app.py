@@ -1,6 +1,7 @@
 """Sandbox of the benefits agency (ΟΠΕΚΑ): SOAP 1.2, document/literal, WS-Security.
 
-It serves the same vendored WSDL the connector ships, checks every request against the
+It serves the same vendored WSDL the connector ships (three operations: submit, status,
+withdraw), checks every request against the
 WSDL's own schema and a UsernameToken, and answers SOAP 1.2 faults the way the Greek
 public sector's services do (AADE RgWsPublic2): ``Sender`` for the caller's mistakes,
 ``Receiver`` for its own. It cannot push status: the hub polls ``GetApplicationStatus``.
@@ -267,6 +268,8 @@ def create_app(config: BenefitsSandboxConfig) -> FastAPI:
 
     def katastasi(rec: ReceivedRecord) -> str:
         # Time-based, computed when asked: the decision happens whether or not anyone polls.
+        if ledger.withdrawn_at(rec.idempotency_key) is not None:
+            return "ANAKLITHIKE"
         decided = utc_now() - rec.received_at >= decision_delay
         return DECISIONS[config.decision] if decided else "KATAXORITHIKE"
 
@@ -321,7 +324,42 @@ def create_app(config: BenefitsSandboxConfig) -> FastAPI:
             },
         )
 
-    operations = {"SubmitApplicationSupport": submit, "GetApplicationStatus": status}
+    def withdraw(op: etree._Element) -> etree._Element:
+        """Kept even for an application not received yet (journalled): it is then
+        registered withdrawn (ANAKLITHIKE) when it comes."""
+        data = _to_dict(op)
+        programmes = (data.get("programmata") or {}).get("kodikosProgrammatos", [])
+        try:
+            rec, is_new = ledger.withdraw(
+                data["hubWithdrawalReference"],
+                data["hubReference"],
+                data["hubReferralId"],
+                programmes,
+                whole=data["olokliri"] == "true",
+                reason=data["aitia"],
+            )
+        except IdempotencyKeyReused:
+            raise SoapFault(
+                "Sender",
+                "DIPLOTYPO",
+                "Το hubWithdrawalReference χρησιμοποιήθηκε με άλλα στοιχεία",
+                pedio="hubWithdrawalReference",
+            ) from None
+        original = ledger.get(rec.delivery_key)
+        fields = {"vrethike": "false" if original is None else "true"}
+        if original is not None and original.reference is not None:
+            fields["arithmosProtokollou"] = original.reference
+            fields["katastasi"] = katastasi(original)
+        elif rec.whole:
+            fields["katastasi"] = "ANAKLITHIKE"
+        fields["diplotypo"] = "false" if is_new else "true"
+        return _answer("WithdrawApplicationResponse", fields)
+
+    operations = {
+        "SubmitApplicationSupport": submit,
+        "GetApplicationStatus": status,
+        "WithdrawApplication": withdraw,
+    }
 
     def handle(raw: bytes) -> Response:
         if len(raw) > MAX_REQUEST_BYTES:

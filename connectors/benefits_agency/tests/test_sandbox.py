@@ -252,7 +252,15 @@ async def test_inspection_routes_report_what_was_received(
             assert await response.json() == {"received": 1, "accepted": 1, "duplicates": 0}
         async with session.get(f"{sandbox[1].url}/_sandbox/received") as response:
             (entry,) = await response.json()
-    assert set(entry) == {"idempotency_key", "referral_id", "payload", "received_at", "duplicate"}
+    assert set(entry) == {
+        "idempotency_key",
+        "referral_id",
+        "payload",
+        "received_at",
+        "duplicate",
+        "withdrawn_at",
+        "withdrawn_programmes",
+    }
     assert entry["referral_id"] == "00000000-0000-4000-8000-000000000001"
     assert entry["duplicate"] is False
 

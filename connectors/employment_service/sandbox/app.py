@@ -25,11 +25,13 @@ from connectors.sandbox_kit import (
     NonEmptySecret,
     PushingSandboxConfig,
     ReceivedRecord,
+    announce_withdrawal,
     apply_faults,
     error_response,
     request_object,
     sandbox_app,
     utc_now,
+    withdrawal_fields,
 )
 
 __all__ = ["EmploymentSandboxConfig", "create_app"]
@@ -122,6 +124,8 @@ def create_app(config: EmploymentSandboxConfig) -> FastAPI:
     def registration_status(rec: ReceivedRecord) -> str:
         # Derived from time, not from push success: the decision happens whether or not
         # the hub hears about it, and a restarted registry still answers consistently.
+        if ledger.withdrawn_at(rec.idempotency_key) is not None:
+            return "withdrawn"
         decided = utc_now() - rec.received_at >= decision_delay
         return config.decision if decided else "received"
 
@@ -175,12 +179,51 @@ def create_app(config: EmploymentSandboxConfig) -> FastAPI:
         except IdempotencyKeyReused:
             return error_response(422, "idempotency_key_reused")
         assert rec.reference is not None
+        if ledger.withdrawn_at(key) is not None:  # withdrawn before it came: born withdrawn
+            answer = {"registration_number": rec.reference, "status": "withdrawn"}
+            pusher.answer_once(rec.referral_id, rec.reference, [(0.0, "withdrawn")])
+            return JSONResponse(answer, status_code=201 if is_new else 200)
         answer = {"registration_number": rec.reference, "status": "received"}
         pusher.answer_once(
             rec.referral_id,
             rec.reference,
             [(0.0, "received"), (config.decision_delay_s, config.decision)],
         )
+        return JSONResponse(answer, status_code=201 if is_new else 200)
+
+    @app.post("/api/v1/registrations/withdrawals", tags=["registrations"], status_code=201)
+    async def withdraw(request: Request) -> Response:
+        """Withdraw the registration requested under ``registration_key``, whole or some
+        programmes; idempotent per ``Idempotency-Key``. A withdrawal of a registration not
+        received yet is kept (journalled): that registration is born withdrawn."""
+        await request.body()
+        key = request.headers.get("idempotency-key", "").strip()
+        if (fault := await apply_faults(faults, key=key or None)) is not None:
+            return fault
+        if not tokens.valid(request.headers.get("authorization")):
+            return unauthorized()
+        if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+            return error_response(400, "missing_idempotency_key")
+        body = request_object(await request.body())
+        if isinstance(body, JSONResponse):
+            return body
+        fields = withdrawal_fields(
+            body, key="registration_key", referral="hub_referral_id", programmes="programmes"
+        )
+        if isinstance(fields, JSONResponse):
+            return fields
+        try:
+            rec, is_new = ledger.withdraw(key, **fields)
+        except IdempotencyKeyReused:
+            return error_response(422, "idempotency_key_reused")
+        number = announce_withdrawal(pusher, ledger, rec, is_new, config.decision_delay_s)
+        original = ledger.get(rec.delivery_key)
+        state = (
+            registration_status(original)
+            if original is not None
+            else ("withdrawn" if rec.whole else "unknown")
+        )
+        answer = {"registration_number": number, "status": state}
         return JSONResponse(answer, status_code=201 if is_new else 200)
 
     @app.get("/api/v1/registrations/{registration_number}", tags=["registrations"])

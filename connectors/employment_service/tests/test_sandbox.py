@@ -211,6 +211,8 @@ async def test_repeat_key_answers_200_with_same_number(
         "payload",
         "received_at",
         "duplicate",
+        "withdrawn_at",
+        "withdrawn_programmes",
     }
     assert (await client.get("/_sandbox/stats")).json() == {
         "received": 2,

@@ -15,9 +15,12 @@ from pydantic import ConfigDict, Field
 from connectors.sandbox_kit import (
     IdempotencyKeyReused,
     PushingSandboxConfig,
+    announce_withdrawal,
     apply_faults,
     error_response,
+    request_object,
     sandbox_app,
+    withdrawal_fields,
 )
 
 __all__ = ["COURSES", "LifelongLearningSandboxConfig", "create_app"]
@@ -47,11 +50,11 @@ def create_app(config: LifelongLearningSandboxConfig) -> FastAPI:
     """Build the sandbox; ``app.state`` exposes ledger, faults and pusher to tests."""
     parts = sandbox_app("Kozani Lifelong Learning Centre sandbox", config)
     app, ledger, faults, pusher = parts.app, parts.ledger, parts.faults, parts.pusher
-    cancelled: set[str] = set()  # in memory only
 
     def status(enrolment_id: str) -> str:
         sequence = int(enrolment_id.rsplit("-", 1)[1])
-        if enrolment_id in cancelled:
+        rec = ledger.by_reference(enrolment_id)
+        if rec is not None and ledger.withdrawn_at(rec.idempotency_key) is not None:
             return "withdrawn"
         if config.reject_every and sequence % config.reject_every == 0:
             return "rejected"
@@ -88,7 +91,10 @@ def create_app(config: LifelongLearningSandboxConfig) -> FastAPI:
         except IdempotencyKeyReused:
             return error_response(422, "idempotency_key_reused")
         reference = str(rec.reference)
-        steps = [(0.0, "received"), (config.decision_delay_s, status(reference))]
+        if ledger.withdrawn_at(key) is not None:  # cancelled before it came: born withdrawn
+            steps = [(0.0, "withdrawn")]
+        else:
+            steps = [(0.0, "received"), (config.decision_delay_s, status(reference))]
         pusher.answer_once(rec.referral_id, reference, steps)
         answer = {"enrolment_id": reference, "status": status(reference)}
         return JSONResponse(answer, status_code=201 if is_new else 200)
@@ -101,17 +107,35 @@ def create_app(config: LifelongLearningSandboxConfig) -> FastAPI:
             return error_response(404, "not_found")
         return JSONResponse({"enrolment_id": enrolment_id, "status": status(enrolment_id)})
 
-    @app.post("/v1/enrolments/{enrolment_id}/cancel")
-    async def cancel(enrolment_id: str, request: Request) -> Response:
-        """Pushed after any decision still owed, so the hub ends on ``withdrawn``."""
-        if (refused := await refusal(request)) is not None:
+    @app.post("/v1/enrolments/cancellations", status_code=201)
+    async def cancel(request: Request) -> Response:
+        """Cancel the enrolment requested under ``enrolment_key``, whole or some courses;
+        idempotent per ``Idempotency-Key``. One the centre has not got yet is kept (the
+        journal survives a restart) and the enrolment is born cancelled when it comes.
+        ``withdrawn`` is pushed after any decision still owed, so the hub ends on it."""
+        raw = await request.body()
+        key = request.headers.get("idempotency-key", "").strip()
+        if (refused := await refusal(request, key or None)) is not None:
             return refused
-        if (rec := ledger.by_reference(enrolment_id)) is None:
-            return error_response(404, "not_found")
-        if enrolment_id not in cancelled:
-            cancelled.add(enrolment_id)
-            steps = [(config.decision_delay_s + 0.1, "withdrawn")]
-            pusher.schedule(rec.referral_id, enrolment_id, steps)
-        return JSONResponse({"enrolment_id": enrolment_id, "status": "withdrawn"})
+        if not key or len(key) > 255:
+            return error_response(400, "missing_idempotency_key")
+        body = request_object(raw)
+        if isinstance(body, JSONResponse):
+            return body
+        fields = withdrawal_fields(
+            body, key="enrolment_key", referral="hub_referral_id", programmes="courses"
+        )
+        if isinstance(fields, JSONResponse):
+            return fields
+        try:
+            rec, is_new = ledger.withdraw(key, **fields)
+        except IdempotencyKeyReused:
+            return error_response(422, "idempotency_key_reused")
+        reference = announce_withdrawal(pusher, ledger, rec, is_new, config.decision_delay_s)
+        answer = {
+            "enrolment_id": reference,
+            "status": status(reference) if reference else "withdrawn" if rec.whole else "unknown",
+        }
+        return JSONResponse(answer, status_code=201 if is_new else 200)
 
     return app

@@ -31,11 +31,13 @@ from connectors.sandbox_kit import (
     SandboxLedger,
     StatusPusher,
     add_sandbox_routes,
+    announce_withdrawal,
     apply_faults,
     error_response,
     quiet_fastapi,
     request_object,
     utc_now,
+    withdrawal_fields,
 )
 from diasyndesi_sdk.webhooks import WebhookError, decode_secret, sign, verify
 
@@ -148,6 +150,7 @@ class _Municipality:
             "/api/v1/referrals", self.open_case, methods=["POST"], status_code=201
         )
         self.app.add_api_route("/api/v1/referrals/{case_number}", self.case, methods=["GET"])
+        self.app.add_api_route("/api/v1/webhooks", self.webhook, methods=["POST"], status_code=201)
 
     def _verified(self, request: Request, body: bytes) -> str | JSONResponse:
         try:
@@ -184,12 +187,56 @@ class _Municipality:
         except IdempotencyKeyReused:
             return error_response(409, "webhook_id_reused")
         assert rec.reference is not None
+        if self.ledger.withdrawn_at(msg_id) is not None:  # withdrawn first: born closed
+            answer = {"case_number": rec.reference, "status": "withdrawn"}
+            self.pusher.answer_once(rec.referral_id, rec.reference, [(0.0, "withdrawn")])
+            return JSONResponse(answer, status_code=201 if is_new else 200)
         answer = {"case_number": rec.reference, "status": "received"}
         self.pusher.answer_once(
             rec.referral_id,
             rec.reference,
             [(0.0, "received"), (self.config.decision_delay_s, self.config.decision)],
         )
+        return JSONResponse(answer, status_code=201 if is_new else 200)
+
+    async def webhook(self, request: Request) -> Response:
+        """Events from the hub, signed like every call: ``referral.withdrawn`` closes the
+        case opened (or to be opened) under ``data.case_key``, or drops some services;
+        idempotent per ``webhook-id`` (another body under the same id: 409). One for a
+        case not received yet is kept (journalled): that case is born closed."""
+        await request.body()
+        key = request.headers.get("webhook-id")
+        if (fault := await apply_faults(self.faults, key=key)) is not None:
+            return fault
+        raw = await request.body()
+        msg_id = self._verified(request, raw)
+        if isinstance(msg_id, JSONResponse):
+            return msg_id
+        if len(msg_id) > MAX_MESSAGE_ID:
+            return error_response(400, "message_id_too_long")
+        body = request_object(raw)
+        if isinstance(body, JSONResponse):
+            return body
+        if body.get("type") != "referral.withdrawn" or not isinstance(body.get("data"), dict):
+            return error_response(422, "unknown_event_type")
+        fields = withdrawal_fields(
+            body["data"], key="case_key", referral="hub_referral_id", programmes="services"
+        )
+        if isinstance(fields, JSONResponse):
+            return fields
+        try:
+            rec, is_new = self.ledger.withdraw(msg_id, **fields)
+        except IdempotencyKeyReused:
+            return error_response(409, "webhook_id_reused")
+        delay = self.config.decision_delay_s
+        number = announce_withdrawal(self.pusher, self.ledger, rec, is_new, delay)
+        original = self.ledger.get(rec.delivery_key)
+        state = (
+            self.status_of(original)
+            if original is not None
+            else ("withdrawn" if rec.whole else "unknown")
+        )
+        answer = {"case_number": number, "status": state}
         return JSONResponse(answer, status_code=201 if is_new else 200)
 
     async def case(self, case_number: str, request: Request) -> Response:
@@ -206,6 +253,8 @@ class _Municipality:
 
     def status_of(self, rec: ReceivedRecord) -> str:
         # From time, not push success: the decision is taken whether or not the hub hears.
+        if self.ledger.withdrawn_at(rec.idempotency_key) is not None:
+            return "withdrawn"
         decided = utc_now() - rec.received_at >= timedelta(seconds=self.config.decision_delay_s)
         return self.config.decision if decided else "received"
 
@@ -235,6 +284,15 @@ def create_app(config: MunicipalSandboxConfig) -> FastAPI:
             {**entry, "agency": agency}
             for agency, m in municipalities.items()
             for entry in m.ledger.received()
+        ]
+
+    @app.get("/_sandbox/withdrawals", tags=["sandbox"])
+    async def withdrawals_all() -> list[dict[str, Any]]:
+        """Every municipality's withdrawal calls, each tagged with its ``agency``."""
+        return [
+            {**entry, "agency": agency}
+            for agency, m in municipalities.items()
+            for entry in m.ledger.withdrawals()
         ]
 
     @app.get("/_sandbox/stats", tags=["sandbox"])

@@ -25,10 +25,12 @@ from connectors.sandbox_kit import (
     IdempotencyKeyReused,
     NonEmptySecret,
     PushingSandboxConfig,
+    announce_withdrawal,
     apply_faults,
     error_response,
     request_object,
     sandbox_app,
+    withdrawal_fields,
 )
 
 __all__ = ["SERVICES", "SocialGrocerySandboxConfig", "create_app"]
@@ -89,6 +91,9 @@ def create_app(config: SocialGrocerySandboxConfig) -> FastAPI:
     api_key = config.api_key.get_secret_value().encode()
 
     def decision(case_id: str) -> str:
+        rec = ledger.by_reference(case_id)
+        if rec is not None and ledger.withdrawn_at(rec.idempotency_key) is not None:
+            return "withdrawn"
         sequence = int(case_id.rsplit("-", 1)[1])
         return "accepted" if sequence <= config.capacity else "waitlisted"
 
@@ -120,12 +125,42 @@ def create_app(config: SocialGrocerySandboxConfig) -> FastAPI:
         assert rec.reference is not None
         status = decision(rec.reference)
         answer = {"case_id": rec.reference, "status": status}
-        pusher.answer_once(
-            rec.referral_id,
-            rec.reference,
-            [(0.0, "received"), (config.decision_delay_s, status)],
-        )
+        steps = [(0.0, "received"), (config.decision_delay_s, status)]
+        if status == "withdrawn":  # cancelled before it came: born withdrawn
+            steps = [(0.0, "withdrawn")]
+        pusher.answer_once(rec.referral_id, rec.reference, steps)
         return JSONResponse(answer, status_code=201 if is_new else 200)
+
+    @app.post("/api/referrals/cancellations", tags=["referrals"], status_code=201)
+    async def cancel(request: Request) -> Response:
+        """Cancel the case referred under ``external_key``, whole or some services;
+        idempotent per `Idempotency-Key`. A cancellation of a case not received yet is kept
+        (journalled): that case is born cancelled."""
+        await request.body()
+        key = request.headers.get("idempotency-key", "").strip()
+        if (fault := await apply_faults(faults, key=key or None)) is not None:
+            return fault
+        if not authorised(request):
+            return error_response(401, "invalid_api_key")
+        if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+            return error_response(400, "missing_idempotency_key")
+        body = request_object(await request.body())
+        if isinstance(body, JSONResponse):
+            return body
+        fields = withdrawal_fields(
+            body, key="external_key", referral="external_id", programmes="services"
+        )
+        if isinstance(fields, JSONResponse):
+            return fields
+        try:
+            rec, is_new = ledger.withdraw(key, **fields)
+        except IdempotencyKeyReused:
+            return error_response(422, "idempotency_key_reused")
+        case_id = announce_withdrawal(pusher, ledger, rec, is_new, config.decision_delay_s)
+        state = decision(case_id) if case_id else "withdrawn" if rec.whole else "unknown"
+        return JSONResponse(
+            {"case_id": case_id, "status": state}, status_code=201 if is_new else 200
+        )
 
     @app.get("/api/referrals/{case_id}", tags=["referrals"])
     async def case(case_id: str, request: Request) -> Response:
