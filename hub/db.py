@@ -192,6 +192,8 @@ class InformationRequestRow(Base):
     answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     summary: Mapped[str | None] = mapped_column(Text(), nullable=True)  # may be personal data
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    overdue_told_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    """When the centre was told it became overdue (``information_request.overdue``), once."""
 
 
 class WithdrawalRow(Base):
@@ -220,6 +222,67 @@ class WithdrawalRow(Base):
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class CentreEventRow(Base):
+    """What a centre is told (``hub/centre_events.py``): one row per event, written in the
+    transaction of the change that causes it. ``id`` is the event stream's durable cursor
+    (SSE ``id:``/``Last-Event-ID``); ``data`` holds ids, codes and times only."""
+
+    __tablename__ = "centre_events"
+    __table_args__ = (Index("ix_centre_events_centre_id", "centre", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    centre: Mapped[str] = mapped_column(String(32))
+    type: Mapped[str] = mapped_column(String(48))
+    referral_id: Mapped[str] = mapped_column(String(36))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WebhookRow(Base):
+    """A centre's webhook subscription. The signing secret is stored encrypted
+    (AES-256-GCM under ``WEBHOOK_SECRET_KEY``, the row's id as associated data): the hub
+    must sign with it, so it cannot be a digest, and a copy of the database alone signs
+    nothing."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = (Index("ix_webhooks_centre", "centre"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    centre: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]] = mapped_column(JSON())
+    secret: Mapped[bytes] = mapped_column(LargeBinary())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WebhookDeliveryRow(Base):
+    """One centre event owed to one webhook, and how sending it went: ``pending`` (due at
+    ``next_attempt_at``), ``delivered``, ``dead_lettered`` (retried for the whole retry
+    window) or ``cancelled`` (the webhook was removed). Claimed like outbox rows."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "event_id", name="uq_webhook_delivery"),
+        Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    webhook_id: Mapped[str] = mapped_column(String(36), index=True)
+    centre: Mapped[str] = mapped_column(String(32))
+    event_id: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(48))
+    referral_id: Mapped[str] = mapped_column(String(36))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class CredentialRow(Base):

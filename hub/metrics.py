@@ -163,3 +163,19 @@ class HubMetrics:
             ["centre"],
             registry=r,
         )
+        self.sse_streams = Gauge(
+            "diasyndesi_sse_streams",
+            "Centres' event streams open on this process",
+            registry=r,
+        )
+        self.centre_events_overdue = Counter(
+            "diasyndesi_information_requests_overdue_told",
+            "Information requests a centre was told became overdue",
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "diasyndesi_webhook_deliveries",
+            "Webhook calls to centres by outcome (delivered, retrying, dead_lettered)",
+            ["outcome"],
+            registry=r,
+        )

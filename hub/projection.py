@@ -14,6 +14,11 @@ successful outcome stamps ``delivered_at``; a dead-lettered outcome opens a dead
 A withdrawal's outcome updates its row of ``withdrawals``; an acknowledged withdrawal that
 ends the agency's whole referral makes its delivery ``withdrawn``, which no later delivery
 outcome changes (a delivery made after the withdrawal met the agency's record of it).
+
+Each change a centre is told of (a delivery that became delivered or dead-lettered, an
+agency's part of a withdrawal acknowledged, a status that is now different) records a
+centre event in the same transaction (``hub/centre_events.py``); an event applied again, an
+older status or the same status repeated changes nothing and so tells nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +29,14 @@ from datetime import UTC, datetime
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hub.centre_events import (
+    REFERRAL_DEAD_LETTERED,
+    REFERRAL_DELIVERED,
+    REFERRAL_STATUS_CHANGED,
+    REFERRAL_WITHDRAWN,
+    CentreEvent,
+    record_centre_events,
+)
 from hub.db import (
     DeadLetterRow,
     DeliveryRow,
@@ -76,6 +89,7 @@ async def apply_events(session: AsyncSession, events: Sequence[Event], metrics: 
     withdrawals = await _withdrawal_rows(session, todo)
     created = await _created_at(session, todo)
     processed, timeline, dead = [], [], []
+    told: list[tuple[str, str, dict[str, object]]] = []  # (referral, type, data)
     changed = 0
     for event in todo:
         data = event.data
@@ -90,7 +104,10 @@ async def apply_events(session: AsyncSession, events: Sequence[Event], metrics: 
             if part is None:
                 log.warning("outcome of an unknown withdrawal", event_id=event.id)
                 continue
+            was = part.state
             _apply_withdrawal(part, row, data, metrics, now)
+            if part.state != was and part.state in ("withdrawn", "dead_lettered"):
+                told.append(_told_withdrawal(part, data))
             if data.dead_lettered:
                 dead.append(_dead_letter(data, data.withdrawal_id, part.attempts))
             timeline.append(
@@ -105,9 +122,12 @@ async def apply_events(session: AsyncSession, events: Sequence[Event], metrics: 
                 }
             )
         elif isinstance(data, DeliveryOutcome):
+            was = row.delivery
             if _apply_outcome(row, data, metrics) and data.referral_id in created:
                 waited = (data.occurred_at - created[data.referral_id]).total_seconds()
                 metrics.submit_to_delivered.labels(data.agency).observe(max(waited, 0.0))
+            if row.delivery != was and row.delivery in ("delivered", "dead_lettered"):
+                told.append(_told_delivery(row, data))
             if data.dead_lettered:
                 dead.append(_dead_letter(data, data.submitted_event_id, row.attempts))
             timeline.append(
@@ -133,6 +153,20 @@ async def apply_events(session: AsyncSession, events: Sequence[Event], metrics: 
                 changed += 1  # applied: recorded, and rightly without effect
                 continue
             latest[pair] = data.occurred_at
+            if row.status != data.status.value:
+                told.append(
+                    (
+                        data.referral_id,
+                        REFERRAL_STATUS_CHANGED,
+                        {
+                            "agency": data.agency,
+                            "status": data.status.value,
+                            "previous": row.status,
+                            "reference": data.reference or row.reference,
+                            "occurred_at": data.occurred_at.isoformat(),
+                        },
+                    )
+                )
             row.status = data.status.value
             if data.reference:
                 row.reference = data.reference
@@ -153,7 +187,75 @@ async def apply_events(session: AsyncSession, events: Sequence[Event], metrics: 
         await session.execute(insert(TimelineRow), timeline)
     if dead:
         await session.execute(insert(DeadLetterRow), dead)
+    if told:
+        await _tell_centres(session, told)
     return changed
+
+
+async def _tell_centres(
+    session: AsyncSession, told: list[tuple[str, str, dict[str, object]]]
+) -> None:
+    """Record what the batch changed as events of each referral's centre."""
+    ids = {referral_id for referral_id, _, _ in told}
+    centres = dict(
+        (
+            await session.execute(
+                select(ReferralRow.id, ReferralRow.centre).where(ReferralRow.id.in_(ids))
+            )
+        ).all()
+    )
+    await record_centre_events(
+        session,
+        [CentreEvent(centres[r], kind, r, data) for r, kind, data in told if r in centres],
+    )
+
+
+def _told_delivery(row: DeliveryRow, data: DeliveryOutcome) -> tuple[str, str, dict[str, object]]:
+    if row.delivery == "delivered":
+        details: dict[str, object] = {"agency": data.agency, "reference": row.reference}
+        return (
+            data.referral_id,
+            REFERRAL_DELIVERED,
+            details | {"occurred_at": data.occurred_at.isoformat()},
+        )
+    return (
+        data.referral_id,
+        REFERRAL_DEAD_LETTERED,
+        {
+            "agency": data.agency,
+            "operation": "delivery",
+            "error_class": data.error_class,
+            "occurred_at": data.occurred_at.isoformat(),
+        },
+    )
+
+
+def _told_withdrawal(
+    part: WithdrawalRow, data: WithdrawalOutcome
+) -> tuple[str, str, dict[str, object]]:
+    if part.state == "withdrawn":
+        return (
+            data.referral_id,
+            REFERRAL_WITHDRAWN,
+            {
+                "agency": data.agency,
+                "withdrawal_id": part.withdrawal_id,
+                "programmes": list(part.programmes),
+                "whole": part.whole,
+                "occurred_at": data.occurred_at.isoformat(),
+            },
+        )
+    return (
+        data.referral_id,
+        REFERRAL_DEAD_LETTERED,
+        {
+            "agency": data.agency,
+            "operation": "withdrawal",
+            "withdrawal_id": part.withdrawal_id,
+            "error_class": data.error_class,
+            "occurred_at": data.occurred_at.isoformat(),
+        },
+    )
 
 
 def _data(event: Event) -> DeliveryOutcome | StatusChanged:

@@ -27,6 +27,7 @@ from hub.leases import Leases
 from hub.logs import get_logger
 from hub.mapping_policy import load_mappings
 from hub.metrics import HubMetrics
+from hub.overdue_job import OverdueJob
 from hub.poller import StatusPoller
 from hub.projector import Projector
 from hub.relay import Relay
@@ -102,6 +103,10 @@ class Hub:
             leases=leases,
         )
         self.projector = Projector(self.db, self.metrics)
+        self.overdue = OverdueJob(
+            self.db, self.metrics, leases, interval_s=settings.push.overdue_check_s
+        )
+        self.state: HubState | None = None
         self.runners: dict[str, ConnectorRunner] = {}
         self.pollers: dict[str, StatusPoller] = {}
         self.api: RunningServer | None = None
@@ -174,7 +179,7 @@ class Hub:
         return server.url
 
     def _state(self) -> HubState:
-        return HubState(
+        self.state = HubState(
             self.settings,
             self.db,
             self.registry,
@@ -182,6 +187,7 @@ class Hub:
             self.kafka,
             wake_relay=self.relay.wakeup.set,
         )
+        return self.state
 
     async def start(self) -> None:
         # The connector families (zeep, lxml, …) load only where connectors run: ``serve``
@@ -227,6 +233,7 @@ class Hub:
         supervise("producer", self._connect_producer, oneshot=True)
         if self.run_relay:
             supervise("relay", self._run_relay)
+            supervise("overdue", self.overdue.run)
         if self.run_projector:
             supervise(
                 "projector",
@@ -309,8 +316,11 @@ class Hub:
     async def stop(self, timeout_s: float = 15.0) -> None:
         """Graceful: finish in-flight work, commit, leave the groups, close everything."""
         self._stopping.set()
+        if self.state is not None:
+            self.state.closing.set()  # event streams end
         self.consumers.stop()
         self.relay.stop()
+        self.overdue.stop()
         self.projector.stop()
         for runner in self.runners.values():
             runner.stop()
@@ -322,6 +332,8 @@ class Hub:
     async def abort(self) -> None:
         """Crash-like stop for tests: cancel everything now, commit nothing more."""
         self._stopping.set()
+        if self.state is not None:
+            self.state.closing.set()
         self.consumers.stop()
         await self.supervisor.abort()
         await self._close()

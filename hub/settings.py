@@ -36,6 +36,7 @@ __all__ = [
     "ConsumerSettings",
     "KafkaClientSettings",
     "ProducerSettings",
+    "PushSettings",
     "RetrySettings",
     "Settings",
     "load_settings",
@@ -105,6 +106,28 @@ class RetrySettings(BaseModel):
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
 
 
+class PushSettings(BaseModel):
+    """Telling centres (``hub/centre_events.py``): the event stream's pace, the overdue job,
+    and webhook calls (retried with a doubling backoff for ``webhook_retry_for_s``, then
+    dead-lettered)."""
+
+    sse_poll_s: float = Field(default=0.5, gt=0, le=30, description="how often a stream reads")
+    sse_heartbeat_s: float = Field(
+        default=15.0, gt=0, le=300, description="a comment line this often keeps a stream open"
+    )
+    overdue_check_s: float = Field(
+        default=60.0, gt=0, description="how often overdue information requests are looked for"
+    )
+    webhook_poll_s: float = Field(default=0.5, gt=0, le=30)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=60)
+    webhook_concurrency: int = Field(default=16, ge=1, le=256)
+    webhook_initial_s: float = Field(default=5.0, gt=0)
+    webhook_max_s: float = Field(default=3600.0, gt=0)
+    webhook_retry_for_s: float = Field(
+        default=26 * 3600.0, gt=0, description="retry a failing call this long, then dead-letter"
+    )
+
+
 class Settings(BaseSettings):
     """All configuration of one hub process."""
 
@@ -153,6 +176,13 @@ class Settings(BaseSettings):
     producer: ProducerSettings = ProducerSettings()
     consumer: ConsumerSettings = ConsumerSettings()
     retry: RetrySettings = RetrySettings()
+    push: PushSettings = PushSettings()
+    webhook_secret_key: SecretStr | None = Field(
+        default=None,
+        description="32 bytes, base64: encrypts the centres' webhook secrets at rest; unset: "
+        "made once under VAR_DIR in development, webhooks refused (503) in production",
+    )
+    webhook_secret_key_file: FilePath | None = None
 
     replay_rate_per_s: float = Field(default=10.0, gt=0, le=1000)
     relay_poll_s: float = Field(default=0.05, gt=0)
@@ -255,6 +285,27 @@ class Settings(BaseSettings):
                 raise ValueError("DATABASE_URL is not a database URL") from None
             if url.password is not None and self.database_password is not None:
                 raise ValueError("DATABASE_URL has a password and DATABASE_PASSWORD is set too")
+        return self
+
+    @model_validator(mode="after")
+    def _webhook_secret_key(self) -> Settings:
+        if self.webhook_secret_key_file is not None:
+            if self.webhook_secret_key is not None:
+                raise ValueError("set WEBHOOK_SECRET_KEY or WEBHOOK_SECRET_KEY_FILE, not both")
+            self.webhook_secret_key = read_secret_file(self.webhook_secret_key_file)
+        refuse_placeholder(self.webhook_secret_key, "WEBHOOK_SECRET_KEY")
+        if self.webhook_secret_key is not None:
+            import base64
+            import binascii
+
+            try:
+                key = base64.b64decode(self.webhook_secret_key.get_secret_value(), validate=True)
+            except (binascii.Error, ValueError):
+                key = b""
+            if len(key) != 32:
+                raise ValueError(
+                    "WEBHOOK_SECRET_KEY: 32 random bytes in base64 (openssl rand -base64 32)"
+                )
         return self
 
     @model_validator(mode="after")

@@ -12,7 +12,15 @@ from fastapi.telemetry import TelemetryConfig
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.api import agencies, health, information_requests, ops, referrals, withdrawals
+from hub.api import (
+    agencies,
+    centre_events,
+    health,
+    information_requests,
+    ops,
+    referrals,
+    withdrawals,
+)
 from hub.api.deps import HubState
 from hub.logs import get_logger
 
@@ -112,6 +120,7 @@ def create_app(state: HubState) -> FastAPI:
     app.include_router(referrals.router)
     app.include_router(information_requests.router)
     app.include_router(withdrawals.router)
+    app.include_router(centre_events.router)
     app.include_router(agencies.router)
     app.include_router(ops.router)
     app.include_router(health.router)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -29,6 +30,8 @@ class HubState:
     kafka: KafkaCluster
     wake_relay: Callable[[], None] = field(default=lambda: None)
     token_check_s: float = 0.5
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the process stops: open event streams end so the server can."""
     tokens: TokenCache = field(init=False)
     status_writer: StatusWriter = field(init=False)
 
