@@ -36,6 +36,8 @@ from hub.schema import ensure_schema
 from hub.servers import RunningServer, start_server
 from hub.settings import Settings
 from hub.supervisor import Supervisor
+from hub.webhook_dispatch import WebhookDispatcher
+from hub.webhook_secrets import secret_key
 from schemas.events import TOPIC_DELIVERIES, TOPIC_REFERRALS, TOPIC_STATUS
 
 log = get_logger(__name__)
@@ -105,6 +107,13 @@ class Hub:
         self.projector = Projector(self.db, self.metrics)
         self.overdue = OverdueJob(
             self.db, self.metrics, leases, interval_s=settings.push.overdue_check_s
+        )
+        self.webhooks = WebhookDispatcher(
+            self.db,
+            settings.push,
+            self.metrics,
+            secret_key(settings) if run_relay else None,
+            production=settings.environment == "production",
         )
         self.state: HubState | None = None
         self.runners: dict[str, ConnectorRunner] = {}
@@ -234,6 +243,7 @@ class Hub:
         if self.run_relay:
             supervise("relay", self._run_relay)
             supervise("overdue", self.overdue.run)
+            supervise("webhooks", self.webhooks.run)
         if self.run_projector:
             supervise(
                 "projector",
@@ -321,6 +331,7 @@ class Hub:
         self.consumers.stop()
         self.relay.stop()
         self.overdue.stop()
+        self.webhooks.stop()
         self.projector.stop()
         for runner in self.runners.values():
             runner.stop()

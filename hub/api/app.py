@@ -19,6 +19,7 @@ from hub.api import (
     information_requests,
     ops,
     referrals,
+    webhooks,
     withdrawals,
 )
 from hub.api.deps import HubState
@@ -121,6 +122,7 @@ def create_app(state: HubState) -> FastAPI:
     app.include_router(information_requests.router)
     app.include_router(withdrawals.router)
     app.include_router(centre_events.router)
+    app.include_router(webhooks.router)
     app.include_router(agencies.router)
     app.include_router(ops.router)
     app.include_router(health.router)
