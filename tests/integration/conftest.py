@@ -20,7 +20,13 @@ from hub.errors import ConfigurationError
 from hub.families import family_spec
 from hub.registry import Registry
 from hub.runtime import Hub
-from hub.settings import AgencyConnection, ConsumerSettings, RetrySettings, Settings
+from hub.settings import (
+    AgencyConnection,
+    ConsumerSettings,
+    PushSettings,
+    RetrySettings,
+    Settings,
+)
 from tests.databases import fresh_database_url
 
 
@@ -43,6 +49,13 @@ def make_settings(var_dir: Path) -> Settings:
             breaker_cooldown_s=1.0,
         ),
         consumer=ConsumerSettings(session_timeout_ms=6000, heartbeat_interval_ms=1000),
+        push=PushSettings(
+            sse_poll_s=0.1,
+            webhook_poll_s=0.1,
+            webhook_initial_s=0.1,
+            webhook_max_s=0.5,
+            webhook_retry_for_s=3.0,
+        ),
         log_level="WARNING",
     )
 

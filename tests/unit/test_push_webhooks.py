@@ -43,11 +43,21 @@ class Receiver:
         self.status = 204
         self.redirected = 0
         self.url = ""
+        self.arrived = asyncio.Event()
         self._runner: web.AppRunner | None = None
+
+    def types(self) -> set[str]:
+        return {json.loads(body)["type"] for _, body in self.calls}
+
+    async def next_call(self) -> None:
+        """Wait for the next call to arrive."""
+        await self.arrived.wait()
+        self.arrived.clear()
 
     async def start(self) -> None:
         async def hook(request: web.Request) -> web.Response:
             self.calls.append((dict(request.headers), await request.read()))
+            self.arrived.set()
             if self.status in (302, 307):
                 raise web.HTTPTemporaryRedirect("/elsewhere")
             return web.Response(status=self.status)
