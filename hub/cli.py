@@ -248,12 +248,17 @@ def schemas_export(
     out: Annotated[Path | None, typer.Option(help="output folder")] = None,
     check: Annotated[bool, typer.Option(help="fail if the files are not up to date")] = False,
 ) -> None:
-    """Write the JSON Schema files generated from the canonical models."""
+    """Write the JSON Schema files generated from the canonical models, and the AsyncAPI
+    document of ``kk.status.v1`` (``schemas/asyncapi.yaml``, or ``asyncapi.yaml`` in ``out``)."""
+    from schemas.asyncapi import ASYNCAPI_PATH, asyncapi_stale, export_asyncapi
     from schemas.export import DEFAULT_OUT_DIR, export_json_schemas, stale_json_schemas
 
     target = out or DEFAULT_OUT_DIR
+    asyncapi = ASYNCAPI_PATH if out is None else out / ASYNCAPI_PATH.name
     if check:
         stale = stale_json_schemas(target)
+        if asyncapi_stale(asyncapi):
+            stale.append(asyncapi.name)
         if stale:
             typer.echo(
                 f"out of date: {', '.join(stale)} (run `diasyndesi schemas export`)", err=True
@@ -263,6 +268,7 @@ def schemas_export(
         return
     for path in export_json_schemas(target):
         typer.echo(f"wrote {path}")
+    typer.echo(f"wrote {export_asyncapi(asyncapi)}")
 
 
 async def _open_db(settings: Settings) -> Database:

@@ -19,9 +19,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import SQLAlchemyError
 
 from hub.api.deps import HubState, PrincipalDep, StateDep
-from hub.api.referrals import field_error
 from hub.auth import Principal
 from hub.centre_events import events_after, last_event_id
 from hub.db import CentreEventRow
@@ -75,8 +75,16 @@ async def centre_events(
     if last_event_id_header is not None and last_event_id_header.strip():
         raw = last_event_id_header.strip()
         if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
-            raise field_error(
-                "Last-Event-ID", "not an event id of this stream", "invalid_cursor", "query"
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                [
+                    {
+                        "loc": ["header", "Last-Event-ID"],
+                        "field": "Last-Event-ID",
+                        "msg": "not an event id of this stream",
+                        "type": "invalid_cursor",
+                    }
+                ],
             )
         cursor = int(raw)
     if cursor is None:
@@ -99,8 +107,13 @@ async def _stream(state: HubState, centre: str, cursor: int) -> AsyncIterator[by
     try:
         yield f"retry: {RETRY_MS}\n: stream of {centre} after {cursor}\n\n".encode()
         while not state.closing.is_set():
-            async with state.db.sessions() as session:
-                rows = await events_after(session, centre, cursor)
+            try:
+                async with state.db.sessions() as session:
+                    rows = await events_after(session, centre, cursor)
+            except (SQLAlchemyError, OSError) as exc:
+                # The client reconnects with Last-Event-ID once the database is back.
+                log.warning("event stream ended: database unavailable", error=type(exc).__name__)
+                return
             for row in rows:
                 yield sse_message(row)
                 cursor = row.id
