@@ -6,13 +6,17 @@ side effects and the dead letters (see harness.py). Run with ``make faults``.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
+from diasyndesi_sdk.webhooks import verify
 from tests.faults.harness import (
     SETTLED,
     SUMMARIES,
@@ -25,6 +29,8 @@ from tests.faults.harness import (
     pid_alive,
     reconcile_withdrawals,
 )
+from tests.unit.test_centre_events import Stream
+from tests.unit.test_push_webhooks import Receiver
 
 pytestmark = pytest.mark.faults
 
@@ -107,8 +113,16 @@ async def test_a_whole_tree_sigkilled_mid_run_then_restarted(
     """kill -9 of everything while 100 referrals flow and 10 of them are being withdrawn;
     `up` again on the same VAR_DIR. Every withdrawal accepted before the kill reaches each
     of its agencies exactly once after recovery, and none of them holds the referral."""
+    hub.extra_env = {
+        "PUSH__SSE_HEARTBEAT_S": "1",
+        "PUSH__WEBHOOK_INITIAL_S": "0.2",
+        "PUSH__WEBHOOK_MAX_S": "2",
+    }
     hub.start()
     client = client_for(hub)
+    receiver = Receiver()
+    await receiver.start()
+    secret = await register_webhook(client, receiver.url)
     flowing = asyncio.create_task(client.submit_many("crash", 100, rate_per_s=25))
     await until(lambda: len(client.stats.submitted) >= 40, 30, "40 referrals accepted")
     # some delivered by now, some in flight, some not yet read: withdraw ten of them
@@ -137,8 +151,65 @@ async def test_a_whole_tree_sigkilled_mid_run_then_restarted(
     )
     check(report, hub)
     assert not problems, "\n".join(problems[:20])
+    delivered = {
+        pair for pair, state in report.states.items() if state.get("delivery") == "delivered"
+    }
+    try:
+        await check_centre_told(client, receiver, secret, delivered)
+    finally:
+        await receiver.stop()
     if hub.database_url:  # on PostgreSQL (`make test-postgres`) nothing is written to SQLite
         assert not list(hub.var_dir.rglob("*.db")), list(hub.var_dir.rglob("*.db"))
+
+
+async def register_webhook(client: Client, url: str) -> str:
+    async with client.session.post(
+        f"{client.hub.api_url}/v1/centres/KK-KOZANI/webhooks",
+        json={"url": url, "events": ["referral.delivered"]},
+        headers={"Authorization": f"Bearer {client.centre_token}"},
+    ) as response:
+        assert response.status == 201, await response.text()
+        secret: str = (await response.json())["secret"]
+        return secret
+
+
+async def check_centre_told(
+    client: Client, receiver: Receiver, secret: str, delivered: set[tuple[str, str]]
+) -> None:
+    """After the kill and the restart: the centre's event stream, read from the start, tells
+    each delivered pair exactly once, in cursor order; the webhook got a signed call for
+    each (a repeat only under the same ``webhook-id``)."""
+    told: list[tuple[str, str]] = []
+    ids: list[int] = []
+    async with aiohttp.ClientSession() as session:
+        response = await session.get(
+            f"{client.hub.api_url}/v1/centres/KK-KOZANI/events",
+            params={"after": 0},
+            headers={"Authorization": f"Bearer {client.centre_token}"},
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=30),
+        )
+        assert response.status == 200
+        stream = Stream(response)
+        while not delivered <= set(told):
+            message = await asyncio.wait_for(stream.next(), 60)
+            ids.append(int(message["id"]))
+            if message["event"] == "referral.delivered":
+                told.append((message["data"]["referral_id"], message["data"]["agency"]))
+        response.close()
+    assert ids == sorted(set(ids)), "event ids repeat or go back"
+    assert len(told) == len(set(told)), "a delivery told twice"
+
+    def calls() -> dict[tuple[str, str], set[str]]:
+        by_pair: dict[tuple[str, str], set[str]] = {}
+        for headers, body in receiver.calls:
+            payload: dict[str, Any] = json.loads(body)
+            pair = (payload["referral_id"], payload["data"]["agency"])
+            by_pair.setdefault(pair, set()).add(verify(secret, headers, body))
+        return by_pair
+
+    while not delivered <= set(calls()):
+        await asyncio.wait_for(receiver.next_call(), 60)
+    assert all(len(seen) == 1 for seen in calls().values()), "one webhook-id per event"
 
 
 # --------------------------------------------------------------------------- b
