@@ -107,6 +107,11 @@ async def upgrade(db: Database) -> SchemaState:
                         await connection.execute(
                             text("SELECT pg_advisory_xact_lock(:key)"), {"key": 2204}
                         )
+                    else:
+                        # The driver begins SQLite's transaction only before a row is
+                        # written, so a migration's first CREATE TABLE would be committed
+                        # on its own; beginning here makes all of it one transaction.
+                        await connection.exec_driver_sql("BEGIN")
                     await connection.run_sync(_upgrade)
                     if not db.postgres:
                         await connection.run_sync(_check_foreign_keys)

@@ -300,3 +300,36 @@ async def test_0008_makes_idempotency_keys_per_origin_and_keeps_every_row(
         assert count == 3
     finally:
         await db.dispose()
+
+
+@pytest.mark.skipif(bool(POSTGRES), reason="SQLite only: its migrations run with foreign keys off")
+async def test_sqlite_migrations_that_leave_a_dangling_row_change_nothing(tmp_path: Path) -> None:
+    """A row referring to no referral (possible in a SQLite file whose foreign keys were once
+    off) makes the upgrade refuse, as one transaction: no half-rebuilt table is left behind,
+    the revision is unchanged, and foreign keys are on again."""
+    db = Database(fresh_database_url(tmp_path))
+    try:
+        async with db.engine.begin() as connection:
+            await connection.run_sync(lambda c: command.upgrade(alembic_config(c), "0006"))
+        async with db.engine.connect() as connection:
+            await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            await connection.commit()
+            await connection.execute(
+                text(
+                    "INSERT INTO deliveries (referral_id, agency, delivery, attempts, updated_at)"
+                    " VALUES ('ghost', 'dypa', 'pending', 0, CURRENT_TIMESTAMP)"
+                )
+            )
+            await connection.commit()
+            await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            await connection.commit()
+        with pytest.raises(ConfigurationError, match="referring to nothing in deliveries"):
+            await upgrade(db)
+        assert (await schema_state(db)).current == "0006"
+        async with db.engine.connect() as connection:
+            tables = await connection.run_sync(lambda c: inspect(c).get_table_names())
+            enforced = (await connection.exec_driver_sql("PRAGMA foreign_keys")).scalar()
+        assert not [t for t in tables if t.startswith("_alembic_tmp")]
+        assert enforced == 1
+    finally:
+        await db.dispose()
