@@ -405,6 +405,7 @@ def report(bare: Figures | None, hub: Figures, in_flight: int, rate: float) -> s
         rows.append(
             f"hub/bare throughput ratio: {ratio:.2f} (goal ≥ 0.5); e2e median hub/bare: {e2e:.1f}x"
         )
+    rows.extend(bare.notes if bare is not None else [])
     rows.extend(hub.notes)
     return "\n".join(rows)
 

@@ -113,6 +113,7 @@ def serve() -> None:
             await _dev_credentials(settings)
         hub = Hub(settings, settings.kafka_bootstrap_servers, connectors=[])
         await hub.start()
+        event_loop.freeze_startup_objects()
         try:
             await hub.wait_consumers_assigned()
             typer.echo(f"Diasyndesi API ready at {hub.api_url}")
@@ -151,6 +152,7 @@ def worker(agencies: Annotated[list[str], typer.Argument(help="agency ids, e.g. 
             raise DiasyndesiError(f"no active agency {sorted(unknown)} in the registry")
         stop = _stop_event()  # before the start: a SIGTERM while joining still stops cleanly
         await hub.start()
+        event_loop.freeze_startup_objects()
         try:
             # No deadline: a worker started while the broker is away (e.g. restarted by `up`
             # when its broker died) joins once it is back; /readyz says how far it got.
@@ -203,6 +205,7 @@ def sandbox(
         tokens = json.loads(path.read_text())["agencies"] if path.exists() else {}
         hub_url = settings.api_url if status_push else None
         sandboxes = await start_sandboxes(settings, hub_url, tokens)
+        event_loop.freeze_startup_objects()
         typer.echo("sandbox agencies:\n" + sandboxes.describe())
         for agency, connection in sandboxes.connections.items():
             key = agency.upper().replace("-", "_")

@@ -74,7 +74,8 @@ class Base(DeclarativeBase):
 class ReferralRow(Base):
     __tablename__ = "referrals"
     __table_args__ = (
-        UniqueConstraint("centre", "idempotency_key", name="uq_referral_idem"),
+        # An Idempotency-Key is its sender's: the centre's, or the referring agency's.
+        UniqueConstraint("origin", "idempotency_key", name="uq_referral_origin_idem"),
         # The caseload (``hub/caseload.py``) pages newest first on (created_at, id), over
         # everything (operators), one centre, or one origin.
         Index("ix_referrals_created", "created_at", "id"),

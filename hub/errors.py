@@ -50,7 +50,8 @@ class BrokerTimeout(BrokerError):
 
 
 class RoutingError(DiasyndesiError):
-    """No agency handles a requested programme in the centre's municipality."""
+    """No agency (other than the referring one) handles a requested programme in the
+    municipality the referral is routed by."""
 
     def __init__(self, message: str, *, field: str):
         super().__init__(message)

@@ -15,7 +15,9 @@ import orjson
 from sqlalchemy import ColumnElement, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
+from hub.centre_events import REFERRAL_RECEIVED, record_centre_event
 from hub.db import (
     Base,
     Database,
@@ -51,6 +53,8 @@ class Accepted:
     referral_id: str
     routed: list[str]
     created: bool
+    municipality: str
+    """The municipality the referral was routed by (``Registry.routing_municipality``)."""
 
 
 def request_hash(request: ReferralRequest) -> str:
@@ -76,10 +80,37 @@ def outbox_values(
     }
 
 
+async def on_referral_received(session: AsyncSession, referral: Referral, origin: str) -> None:
+    """The centre's side of a referral an agency made: called inside its intake transaction
+    (``referral.centre`` is the centre responsible for the person, ``origin`` the agency).
+
+    The centre's event stream records ``referral.received`` here (ids and codes only, in
+    the same transaction, so the event exists exactly when the referral does)."""
+    await record_centre_event(
+        session,
+        referral.centre,
+        REFERRAL_RECEIVED,
+        referral.id,
+        origin=origin,
+        programmes=[str(p) for p in referral.programmes],
+        routed=list(referral.routed),
+    )
+
+
 async def accept_referral(
-    db: Database, registry: Registry, request: ReferralRequest, idempotency_key: str
+    db: Database,
+    registry: Registry,
+    request: ReferralRequest,
+    idempotency_key: str,
+    origin: str | None = None,
 ) -> Accepted:
     """Store a routed referral and its outbox record atomically, or return the earlier one.
+
+    ``origin`` is who referred: the centre (the default) or an agency. An agency's referral
+    is never routed back to it, and its Idempotency-Key is its own: keys are unique per
+    origin, so two agencies (or an agency and the centre) may use the same one. The
+    referral is routed by the beneficiary's municipality of residence when the address
+    names one the registry knows, else by the centre's (``Registry.routing_municipality``).
 
     The common case, a new key, is one transaction of five Core inserts (the ORM's unit of
     work cost half the intake's time): the referral, the programmes it asked for (what the
@@ -88,14 +119,24 @@ async def accept_referral(
     answered from what is stored. Raises RoutingError (unroutable programme) or
     IdempotencyConflict.
     """
+    origin = origin or request.centre
     digest = request_hash(request)
-    routed = registry.route(request.centre, list(request.programmes))
+    address = request.beneficiary.address
+    municipality = registry.routing_municipality(
+        request.centre, address.municipality if address is not None else None
+    )
+    routed = registry.route(
+        request.centre,
+        list(request.programmes),
+        municipality=municipality,
+        origin=origin,
+    )
     now = datetime.now(UTC)
     referral = Referral(
         **request.model_dump(),
         id=str(uuid.uuid4()),
         created_at=now,
-        municipality=registry.centres[request.centre].municipality,
+        municipality=municipality,
         routed=routed,
     )
     event_id = str(uuid.uuid4())
@@ -115,7 +156,7 @@ async def accept_referral(
                     {
                         "id": referral.id,
                         "centre": referral.centre,
-                        "origin": referral.centre,
+                        "origin": origin,
                         "municipality": referral.municipality,
                         "caseworker": referral.caseworker,
                         "created_at": now,
@@ -163,26 +204,28 @@ async def accept_referral(
                 insert(TABLES["outbox"]),
                 [outbox_values(record, event_id, REFERRAL_SUBMITTED, referral.id)],
             )
+            if origin != referral.centre:
+                await on_referral_received(session, referral, origin)
             await db.notify_outbox(session)
     except IntegrityError:
         # The key was used before (or a concurrent request with it won the race): answer
         # as it was answered, or refuse a different body under the same key.
-        existing = await _find_existing(db, request.centre, idempotency_key, digest)
+        existing = await _find_existing(db, origin, idempotency_key, digest)
         if existing is None:
             raise
         return existing
-    return Accepted(referral.id, routed, created=True)
+    return Accepted(referral.id, routed, created=True, municipality=municipality)
 
 
 async def _find_existing(
-    db: Database, centre: str, idempotency_key: str, digest: str
+    db: Database, origin: str, idempotency_key: str, digest: str
 ) -> Accepted | None:
     async with db.sessions() as session:
         row = (
             await session.execute(
-                select(ReferralRow).where(
-                    ReferralRow.centre == centre, ReferralRow.idempotency_key == idempotency_key
-                )
+                select(ReferralRow)
+                .options(defer(ReferralRow.body))
+                .where(ReferralRow.origin == origin, ReferralRow.idempotency_key == idempotency_key)
             )
         ).scalar_one_or_none()
         if row is None:
@@ -200,7 +243,7 @@ async def _find_existing(
             .scalars()
             .all()
         )
-        return Accepted(row.id, list(agencies), created=False)
+        return Accepted(row.id, list(agencies), created=False, municipality=row.municipality)
 
 
 async def redrive_unfinished(db: Database) -> int:

@@ -137,26 +137,56 @@ class Registry:
     def active_agencies(self) -> list[Agency]:
         return [a for a in self.agencies.values() if a.active]
 
-    def route(self, centre_code: str, programmes: list[ProgrammeCode]) -> list[str]:
-        """Agency ids for these programmes in the centre's municipality, in registry order.
+    @cached_property
+    def municipalities(self) -> frozenset[str]:
+        """The municipalities the registry knows: its centres' and those its agencies name."""
+        named = {m for a in self.agencies.values() for m in a.municipalities if m != "*"}
+        return frozenset(named | {c.municipality for c in self.centres.values()})
 
-        Raises RoutingError naming the first programme no active agency serves there.
+    def routing_municipality(self, centre_code: str, residence: str | None) -> str:
+        """The municipality a referral is routed by: the beneficiary's municipality of
+        residence when the address names one the registry knows, else the centre's. An
+        unknown name (a typo, a municipality with no centre or agency here) falls back to
+        the centre's without failing intake; the answer names the one used."""
+        centre = self.centres.get(centre_code)
+        if centre is None:
+            raise RoutingError(f"unknown centre {centre_code!r}", field="centre")
+        if residence is not None and residence in self.municipalities:
+            return residence
+        return centre.municipality
+
+    def route(
+        self,
+        centre_code: str,
+        programmes: list[ProgrammeCode],
+        *,
+        municipality: str | None = None,
+        origin: str | None = None,
+    ) -> list[str]:
+        """Agency ids for these programmes in ``municipality`` (default: the centre's), in
+        registry order, never the agency ``origin`` that referred the person itself.
+
+        Raises RoutingError naming the first programme no other active agency serves there.
         """
         centre = self.centres.get(centre_code)
         if centre is None:
             raise RoutingError(f"unknown centre {centre_code!r}", field="centre")
+        where = municipality or centre.municipality
         routed: list[str] = []
         for index, programme in enumerate(programmes):
-            takers = [
-                a.id
-                for a in self.active_agencies
-                if programme in a.programmes and a.serves(centre.municipality)
+            serving = [
+                a.id for a in self.active_agencies if programme in a.programmes and a.serves(where)
             ]
+            takers = [agency for agency in serving if agency != origin]
             if not takers:
-                raise RoutingError(
-                    f"no agency handles {programme.value} in municipality {centre.municipality}",
-                    field=f"programmes.{index}",
-                )
+                if serving:
+                    message = (
+                        f"only {origin}, the referring agency, handles {programme.value} in "
+                        f"municipality {where}: a referral is never routed back to its origin"
+                    )
+                else:
+                    message = f"no agency handles {programme.value} in municipality {where}"
+                raise RoutingError(message, field=f"programmes.{index}")
             routed.extend(t for t in takers if t not in routed)
         order = list(self.agencies)
         return sorted(routed, key=order.index)

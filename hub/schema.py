@@ -88,16 +88,51 @@ async def schema_state(db: Database) -> SchemaState:
 
 async def upgrade(db: Database) -> SchemaState:
     """Bring the schema to this release's head; returns the state before. On PostgreSQL an
-    advisory lock makes concurrent upgrades (two processes starting) wait for each other."""
+    advisory lock makes concurrent upgrades (two processes starting) wait for each other.
+
+    On SQLite the migrations run with foreign keys off, as SQLite's own procedure for
+    changing a table asks: a table some other table refers to (``referrals``) can only be
+    changed by rebuilding it, and dropping the old copy would otherwise fail on every row
+    referring to it. Every foreign key is checked before the migrations commit."""
     before = await schema_state(db)
     try:
-        async with db.engine.begin() as connection:
-            if db.postgres:
-                await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": 2204})
-            await connection.run_sync(_upgrade)
+        async with db.engine.connect() as connection:
+            if not db.postgres:
+                # only outside a transaction: SQLite ignores the pragma inside one
+                await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                await connection.commit()
+            try:
+                async with connection.begin():
+                    if db.postgres:
+                        await connection.execute(
+                            text("SELECT pg_advisory_xact_lock(:key)"), {"key": 2204}
+                        )
+                    else:
+                        # The driver begins SQLite's transaction only before a row is
+                        # written, so a migration's first CREATE TABLE would be committed
+                        # on its own; beginning here makes all of it one transaction.
+                        await connection.exec_driver_sql("BEGIN")
+                    await connection.run_sync(_upgrade)
+                    if not db.postgres:
+                        await connection.run_sync(_check_foreign_keys)
+            finally:
+                if not db.postgres:
+                    await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                    await connection.commit()
     except (SQLAlchemyError, OSError) as exc:
         raise _unreachable(db, exc) from None
     return before
+
+
+def _check_foreign_keys(connection: Connection) -> None:
+    """SQLite: refuse to commit migrations that left a row referring to nothing."""
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        tables = sorted({str(row[0]) for row in broken})
+        raise ConfigurationError(
+            f"the migration left rows referring to nothing in {', '.join(tables)}; "
+            "nothing was changed"
+        )
 
 
 def _unreachable(db: Database, exc: BaseException) -> ConfigurationError:

@@ -130,7 +130,7 @@ def plan(settings: Settings, agencies: list[str]) -> Plan:
     )
     if "session_timeout_ms" not in settings.consumer.model_fields_set:
         # Tansu finishes a group join after half the session timeout: keep it short here.
-        env.update(CONSUMER__SESSION_TIMEOUT_MS="6000", CONSUMER__HEARTBEAT_INTERVAL_MS="1000")
+        env.update(CONSUMER__SESSION_TIMEOUT_MS="4000", CONSUMER__HEARTBEAT_INTERVAL_MS="1000")
     if "status_poll_s" not in settings.model_fields_set:
         env["STATUS_POLL_S"] = "2"  # the sandboxes are local
     env.update(agency_env(settings, families, ports))

@@ -105,8 +105,8 @@ class AcceptedWithdrawal:
 
 
 def may_withdraw(principal: Principal, centre: str, origin: str | None = None) -> bool:
-    """The owning centre, or the agency the referral came from (``origin``, once referrals
-    between agencies exist); an operator does not withdraw on a person's behalf."""
+    """The owning centre, or the agency the referral came from (``origin``: referrals
+    between agencies, decision 0021); an operator does not withdraw on a person's behalf."""
     if principal.kind == "centre":
         return principal.id == centre
     return principal.kind == "agency" and origin is not None and principal.id == origin

@@ -36,14 +36,27 @@ class IdempotencyKeyReused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ReceivedRecord:
-    """One call as the agency saw it; `reference` is the agency's own number for it."""
+    """One call as the agency saw it; `reference` is the agency's own number for it.
+
+    The payload is kept as the compact JSON it is journalled as, and parsed when asked for:
+    a sandbox remembers every call it ever got, and as dictionaries they were most of its
+    memory under load (~12 MB per 1,000 four-agency referrals)."""
 
     idempotency_key: str
     referral_id: str
-    payload: dict[str, Any]
+    payload_json: str
     received_at: datetime
     duplicate: bool
     reference: str | None = None
+
+    @staticmethod
+    def encode(payload: dict[str, Any]) -> str:
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.payload_json)
+        return parsed
 
     def public(self) -> dict[str, Any]:
         """The shape promised by `GET /_sandbox/received` (the README's sandbox contract)."""
@@ -64,7 +77,7 @@ class ReceivedRecord:
         return cls(
             idempotency_key=str(raw["idempotency_key"]),
             referral_id=str(raw["referral_id"]),
-            payload=dict(raw["payload"]),
+            payload_json=cls.encode(dict(raw["payload"])),
             received_at=datetime.fromisoformat(raw["received_at"]),
             duplicate=bool(raw["duplicate"]),
             reference=raw.get("reference"),
@@ -202,13 +215,25 @@ class SandboxLedger:
                 if original.payload != payload:
                     raise IdempotencyKeyReused(idempotency_key)
                 dup = ReceivedRecord(
-                    idempotency_key, original.referral_id, payload, utc_now(), True, None
+                    idempotency_key,
+                    original.referral_id,
+                    original.payload_json,  # equal: one string for both
+                    utc_now(),
+                    True,
+                    None,
                 )
                 self._persist(dup)
                 self._remember(dup)
                 return original, False
             reference = make_reference(len(self._by_key) + 1) if make_reference else None
-            rec = ReceivedRecord(idempotency_key, referral_id, payload, utc_now(), False, reference)
+            rec = ReceivedRecord(
+                idempotency_key,
+                referral_id,
+                ReceivedRecord.encode(payload),
+                utc_now(),
+                False,
+                reference,
+            )
             self._persist(rec)
             self._remember(rec)
             return rec, True

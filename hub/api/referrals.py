@@ -27,6 +27,9 @@ class ReferralAccepted(BaseModel):
     id: str
     routed: list[str]
     status_url: str
+    municipality: str
+    """The municipality it was routed by: the beneficiary's municipality of residence when
+    the address names one the registry knows, else the centre's."""
 
 
 class AgencyView(BaseModel):
@@ -102,17 +105,27 @@ async def submit_referral(
     body: ReferralRequest,
     response: Response,
 ) -> ReferralAccepted:
-    """Accept a referral once; it is stored with its outbox record before this answers."""
-    if principal.kind != "centre":
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "only a centre may submit referrals")
+    """Accept a referral once; it is stored with its outbox record before this answers.
+
+    A centre submits its own referrals. An agency may refer a person too: ``centre`` is the
+    centre responsible for the person (it owns the referral, and sees it in its caseload),
+    ``caseworker`` the agency's officer; the referral's ``origin`` is the agency, which is
+    never routed to itself (a programme only it handles there: 422 naming
+    ``programmes.N``). Idempotency-Keys are per origin (centre or agency). Routing follows
+    the beneficiary's municipality of residence when the address names one the registry
+    knows, else the centre's; ``municipality`` in the answer names the one used."""
+    if principal.kind not in ("centre", "agency"):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "only a centre or an agency may submit referrals"
+        )
     if body.centre not in state.registry.centres:
         state.metrics.intake_rejected.labels("unknown_centre").inc()
         raise field_error("centre", "unknown centre", "unknown_centre")
-    if body.centre != principal.id:
+    if principal.kind == "centre" and body.centre != principal.id:
         state.metrics.intake_rejected.labels("other_centre").inc()
         raise HTTPException(status.HTTP_403_FORBIDDEN, "a centre may submit only its own referrals")
     try:
-        accepted = await accept_referral(state.db, state.registry, body, key)
+        accepted = await accept_referral(state.db, state.registry, body, key, principal.id)
     except RoutingError as exc:
         state.metrics.intake_rejected.labels("unroutable").inc()
         raise field_error(exc.field, str(exc), "unroutable") from None
@@ -131,6 +144,7 @@ async def submit_referral(
         id=accepted.referral_id,
         routed=accepted.routed,
         status_url=f"{state.settings.api_url}{location}",
+        municipality=accepted.municipality,
     )
 
 

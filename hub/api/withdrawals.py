@@ -1,6 +1,6 @@
 """Withdrawal: ``POST /v1/referrals/{id}/withdraw`` and ``GET /v1/referrals/{id}/withdrawals``.
 
-The owning centre (or, once referrals between agencies exist, the originating agency)
+The owning centre, or the agency that referred the person (``origin``, decision 0021),
 withdraws a referral, whole or some of its programmes; the hub records it with its outbox
 record and answers 202, and each routed agency handling a withdrawn programme is told by its
 connector (``hub/withdrawals.py``; docs/decisions/0019-withdrawal.md).

@@ -156,10 +156,12 @@ def _bad_checksum(body: dict[str, Any]) -> None:
 
 
 def _grevena(programmes: list[str]) -> Any:
-    """Grevena has no social grocery or municipal social service in the registry."""
+    """Grevena has no social grocery or municipal social service in the registry (the
+    person lives there too: routing follows the municipality of residence)."""
 
     def change(body: dict[str, Any]) -> None:
         body.update(centre="KK-GREVENA", programmes=programmes)
+        body["beneficiary"]["address"]["municipality"] = "grevena"
 
     return change
 
@@ -228,14 +230,16 @@ async def test_missing_or_wrong_token_is_401(env: Env) -> None:
     assert await env.count(ReferralRow) == 0
 
 
-async def test_a_centre_acting_for_another_is_403(env: Env) -> None:
+async def test_a_centre_acting_for_another_and_an_operator_are_403(env: Env) -> None:
     body = sample_referral(seed=8)  # KK-KOZANI's referral
     response = await env.submit(body, who="KK-FLORINA")
     assert response.status_code == 403
-    agency = await env.client.post(
-        "/v1/referrals", json=body, headers={**env.auth("agencies", "dypa"), "Idempotency-Key": "a"}
+    operator = await env.client.post(
+        "/v1/referrals",
+        json=body,
+        headers={**env.auth("operators", "operator"), "Idempotency-Key": "a"},
     )
-    assert agency.status_code == 403
+    assert operator.status_code == 403
     assert await env.count(ReferralRow) == 0
 
 

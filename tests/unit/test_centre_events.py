@@ -27,6 +27,7 @@ from hub.leases import Leases
 from hub.metrics import HubMetrics
 from hub.overdue_job import OverdueJob
 from hub.registry import Registry
+from hub.samples import sample_referral
 from hub.schema import upgrade
 from hub.servers import RunningServer, start_server
 from hub.settings import PushSettings, Settings
@@ -179,6 +180,30 @@ async def test_a_rolled_back_change_tells_nothing(push: Push) -> None:
     with pytest.raises(ValueError, match="unknown centre event type"):
         async with push.db.transaction() as session:
             await record_centre_event(session, "KK-KOZANI", "referral.lunch", referral_id)
+
+
+async def test_an_agencys_referral_is_told_to_its_centre_with_the_referral(push: Push) -> None:
+    body = sample_referral("KK-KOZANI", ["UNEMPLOYMENT_REGISTRATION", "SOCIAL_GROCERY"], seed=77)
+    body["caseworker"] = "opeka-officer-3"
+    headers = {**push.auth("agencies", "opeka"), "Idempotency-Key": "a-77"}
+    async with aiohttp.ClientSession() as session:
+        stream = await open_stream(session, push)
+        response = await push.client.post("/v1/referrals", json=body, headers=headers)
+        assert response.status_code == 202, response.text
+        again = await push.client.post("/v1/referrals", json=body, headers=headers)
+        assert again.json()["id"] == response.json()["id"]  # a repeat tells nothing more
+        [message] = await stream.take(1)
+        stream.response.close()
+    assert message["event"] == "referral.received"
+    assert message["data"] == {
+        "referral_id": response.json()["id"],
+        "origin": "opeka",
+        "programmes": ["UNEMPLOYMENT_REGISTRATION", "SOCIAL_GROCERY"],
+        "routed": response.json()["routed"],
+    }
+    assert [e.type for e in await push.events()] == ["referral.received"]
+    await push.refer()  # a centre's own referral: nothing to tell it
+    assert [e.type for e in await push.events()] == ["referral.received"]
 
 
 async def test_the_stream_carries_new_events_and_resumes_from_last_event_id(

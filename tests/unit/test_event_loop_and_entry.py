@@ -62,3 +62,15 @@ def test_server_commands_run_without_rich(command: str, rich: bool) -> None:
     ).stdout
     assert f"RICH {rich}" in out
     assert "Usage" in out  # the help still printed, plain
+
+
+def test_startup_objects_leave_the_collectors_sight() -> None:
+    import gc
+
+    gc.unfreeze()
+    kept = [object() for _ in range(10)]
+    try:
+        event_loop.freeze_startup_objects()
+        assert gc.get_freeze_count() >= len(kept)
+    finally:
+        gc.unfreeze()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -226,5 +227,109 @@ async def test_0005_gives_existing_referrals_their_origin_and_programmes(tmp_pat
         async with db.engine.connect() as connection:
             count = (await connection.execute(text("SELECT count(*) FROM referrals"))).scalar()
         assert count == 3
+    finally:
+        await db.dispose()
+
+
+async def test_0008_makes_idempotency_keys_per_origin_and_keeps_every_row(
+    tmp_path: Path,
+) -> None:
+    """Existing referrals (with rows referring to them, as every referral has) survive the
+    change of the unique constraint, which SQLite makes by rebuilding the table; afterwards
+    two origins may use one key for the same centre, and one origin may not use it twice."""
+    import sqlalchemy as sa
+    from sqlalchemy.exc import IntegrityError
+
+    columns = ("id", "centre", "origin", "municipality", "caseworker")
+    referrals = sa.table(
+        "referrals",
+        *(sa.column(name) for name in columns),
+        *(sa.column(name) for name in ("idempotency_key", "request_hash")),
+        sa.column("created_at", sa.DateTime(timezone=True)),
+        sa.column("due", sa.Date()),
+        sa.column("body", sa.JSON()),
+    )
+    deliveries = sa.table(
+        "deliveries",
+        *(sa.column(name) for name in ("referral_id", "agency", "delivery", "attempts")),
+        sa.column("updated_at", sa.DateTime(timezone=True)),
+    )
+    at = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
+
+    def referral(referral_id: str, origin: str, key: str) -> Any:
+        return referrals.insert().values(
+            id=referral_id,
+            centre="KK-KOZANI",
+            origin=origin,
+            municipality="kozani",
+            caseworker="sw-1",
+            idempotency_key=key,
+            request_hash="h",
+            created_at=at,
+            due=date(2026, 12, 4),
+            body={"programmes": ["GMI"]},
+        )
+
+    db = Database(fresh_database_url(tmp_path))
+    try:
+        async with db.engine.begin() as connection:
+            await connection.run_sync(lambda c: command.upgrade(alembic_config(c), "0006"))
+            await connection.execute(referral("r-1", "KK-KOZANI", "k"))
+            await connection.execute(
+                deliveries.insert().values(
+                    referral_id="r-1", agency="opeka", delivery="pending", attempts=0, updated_at=at
+                )
+            )
+        await upgrade(db)
+        assert (await schema_state(db)).up_to_date
+        async with db.engine.begin() as connection:
+            await connection.execute(referral("r-2", "dypa", "k"))  # same centre, same key
+            await connection.execute(referral("r-3", "opeka", "k"))
+        with pytest.raises(IntegrityError):
+            async with db.engine.begin() as connection:
+                await connection.execute(referral("r-4", "dypa", "k"))
+        async with db.engine.connect() as connection:
+            kept = (
+                await connection.execute(text("SELECT referral_id, agency FROM deliveries"))
+            ).all()
+            count = (await connection.execute(text("SELECT count(*) FROM referrals"))).scalar()
+            if not POSTGRES:
+                enforced = (await connection.exec_driver_sql("PRAGMA foreign_keys")).scalar()
+                assert enforced == 1  # back on for whoever uses the connection next
+        assert kept == [("r-1", "opeka")]
+        assert count == 3
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.skipif(bool(POSTGRES), reason="SQLite only: its migrations run with foreign keys off")
+async def test_sqlite_migrations_that_leave_a_dangling_row_change_nothing(tmp_path: Path) -> None:
+    """A row referring to no referral (possible in a SQLite file whose foreign keys were once
+    off) makes the upgrade refuse, as one transaction: no half-rebuilt table is left behind,
+    the revision is unchanged, and foreign keys are on again."""
+    db = Database(fresh_database_url(tmp_path))
+    try:
+        async with db.engine.begin() as connection:
+            await connection.run_sync(lambda c: command.upgrade(alembic_config(c), "0006"))
+        async with db.engine.connect() as connection:
+            await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            await connection.commit()
+            await connection.execute(
+                text(
+                    "INSERT INTO deliveries (referral_id, agency, delivery, attempts, updated_at)"
+                    " VALUES ('ghost', 'dypa', 'pending', 0, CURRENT_TIMESTAMP)"
+                )
+            )
+            await connection.commit()
+            await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            await connection.commit()
+        with pytest.raises(ConfigurationError, match="referring to nothing in deliveries"):
+            await upgrade(db)
+        assert (await schema_state(db)).current == "0006"
+        async with db.engine.connect() as connection:
+            tables = await connection.run_sync(lambda c: inspect(c).get_table_names())
+            enforced = (await connection.exec_driver_sql("PRAGMA foreign_keys")).scalar()
+        assert not [t for t in tables if t.startswith("_alembic_tmp")]
+        assert enforced == 1
     finally:
         await db.dispose()

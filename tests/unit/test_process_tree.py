@@ -111,7 +111,7 @@ def test_up_generates_shared_agency_settings_but_keeps_what_the_operator_set(
     whole = plan(settings, ["opeka", "dypa", "kozani-social-grocery"])
     assert whole.env["SANDBOX_PORTS__SOCIAL_GROCERY"] == "8103"
     assert whole.env["KAFKA_BOOTSTRAP_SERVERS"] == f"127.0.0.1:{settings.embedded_broker_port}"
-    assert whole.env["CONSUMER__SESSION_TIMEOUT_MS"] == "6000"
+    assert whole.env["CONSUMER__SESSION_TIMEOUT_MS"] == "4000"
     assert [agencies for _, _, agencies in whole.workers] == [
         ["opeka", "dypa", "kozani-social-grocery"]
     ]

@@ -112,6 +112,31 @@ def test_all_four_families_once_every_agency_is_active(registry: Registry) -> No
     assert str(caught.value) == "no agency handles SOCIAL_GROCERY in municipality florina"
 
 
+def test_routing_by_residence_and_never_back_to_the_referring_agency(registry: Registry) -> None:
+    """The municipality of residence when the registry knows it (a centre's or one an agency
+    names), else the centre's; the referring agency is left out, and a programme only it
+    serves is refused by index with a message saying so."""
+    assert registry.routing_municipality("KK-KOZANI", "karpenisi") == "karpenisi"
+    assert registry.routing_municipality("KK-KOZANI", "eordaia") == "eordaia"
+    assert registry.routing_municipality("KK-KOZANI", "atlantis") == "kozani"
+    assert registry.routing_municipality("KK-KOZANI", None) == "kozani"
+    assert "*" not in registry.municipalities
+    assert registry.route("KK-KOZANI", [P.HELP_AT_HOME], municipality="karpenisi") == [
+        "karpenisi-social-service"
+    ]
+    assert registry.route("KK-KOZANI", [P.GMI, P.SOCIAL_GROCERY], origin="dypa") == [
+        "opeka",
+        "kozani-social-grocery",
+    ]
+    with pytest.raises(RoutingError) as caught:
+        registry.route("KK-KOZANI", [P.JOB_COUNSELLING, P.GMI], origin="opeka")
+    assert caught.value.field == "programmes.1"
+    assert str(caught.value) == (
+        "only opeka, the referring agency, handles GMI in municipality kozani: "
+        "a referral is never routed back to its origin"
+    )
+
+
 # --------------------------------------------------------------------------- information due
 
 
