@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import ipaddress
 import os
 import secrets
 import socket
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -30,6 +32,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from hub.errors import ConfigurationError
 from hub.settings import Settings
 
 KEY_FILE = "webhook-secret.key"
@@ -43,15 +46,30 @@ class RefusedAddress(Exception):
 def secret_key(settings: Settings) -> bytes | None:
     """The key that encrypts webhook secrets; None in production without the setting."""
     if settings.webhook_secret_key is not None:
-        return base64.b64decode(settings.webhook_secret_key.get_secret_value())
+        return _key(settings.webhook_secret_key.get_secret_value(), "WEBHOOK_SECRET_KEY")
     if settings.environment == "production":
         return None
     path = settings.var_dir / KEY_FILE
     if not path.exists():
         _create_key_file(path)
-    key = base64.b64decode(path.read_text().strip())
+    # Another process starting at the same moment may have made the file and not yet
+    # written it: wait a little for its content rather than read an empty key.
+    for _ in range(50):
+        text = path.read_text().strip()
+        if text:
+            break
+        time.sleep(0.02)
+    return _key(text, str(path))
+
+
+def _key(encoded: str, where: str) -> bytes:
+    """A base64 32-byte key, or a ConfigurationError naming where it came from."""
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except (ValueError, binascii.Error):
+        key = b""
     if len(key) != 32:
-        raise ValueError(f"{path} does not hold a 32-byte key")
+        raise ConfigurationError(f"{where} must be a base64-encoded 32-byte key")
     return key
 
 

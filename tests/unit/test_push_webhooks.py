@@ -295,3 +295,26 @@ async def test_removing_a_webhook_cancels_its_calls(push: Push, receiver: Receiv
     assert row.state == "cancelled"
     assert await dispatcher(push).dispatch_once() == 0
     assert receiver.calls == []
+
+
+@pytest.mark.parametrize("value", ["not base64!", "QUJD", ""])
+def test_a_webhook_secret_key_that_is_not_32_bytes_is_refused_by_name(
+    value: str, tmp_path: Path
+) -> None:
+    from pydantic import ValidationError
+
+    from hub.settings import Settings
+
+    with pytest.raises(ValidationError, match="WEBHOOK_SECRET_KEY: 32 random bytes in base64"):
+        Settings(var_dir=tmp_path, webhook_secret_key=SecretStr(value))
+
+
+def test_the_development_key_file_is_made_once_and_private(tmp_path: Path) -> None:
+    from hub.settings import Settings
+
+    settings = Settings(var_dir=tmp_path)
+    first = secret_key(settings)
+    assert first is not None and len(first) == 32
+    assert secret_key(settings) == first
+    (key_file,) = [p for p in tmp_path.iterdir() if p.is_file()]
+    assert key_file.stat().st_mode & 0o077 == 0
