@@ -8,7 +8,8 @@ may hold personal data; every other column is ids, codes and times.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from typing import Any
@@ -408,6 +409,8 @@ class Database:
         self.dialect = parsed.get_backend_name()
         self.display_url = parsed.render_as_string(hide_password=True)
         self._write_turn: asyncio.Lock | None = None
+        self.on_write_wait: Callable[[float], None] | None = None
+        """Told how long each SQLite write waited for its turn (seconds); a metric."""
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             self._write_turn = asyncio.Lock()
@@ -438,8 +441,12 @@ class Database:
             async with self.sessions() as session, session.begin():
                 yield session
             return
-        async with self._write_turn, self.sessions() as session, session.begin():
-            yield session
+        waited = time.perf_counter()
+        async with self._write_turn:
+            if self.on_write_wait is not None:
+                self.on_write_wait(time.perf_counter() - waited)
+            async with self.sessions() as session, session.begin():
+                yield session
 
     async def dispose(self) -> None:
         await self.engine.dispose()

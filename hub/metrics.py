@@ -89,6 +89,13 @@ class HubMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.db_write_wait = Histogram(
+            "diasyndesi_db_write_wait_seconds",
+            "SQLite: how long a write transaction waited for this process's write turn (the "
+            "writers take turns); the wait is part of every write's latency.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
         self.outbox_backlog = Gauge(
             "diasyndesi_outbox_backlog",
             "Outbox records not yet acknowledged by the broker.",

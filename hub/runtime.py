@@ -73,6 +73,7 @@ class Hub:
         self.run_projector = run_projector
         self.observability = observability and not serve_api
         self.db = Database(settings.database)
+        self.db.on_write_wait = self.metrics.db_write_wait.observe
         self.publisher = KafkaPublisher(self.kafka, settings.producer, client_id="diasyndesi-hub")
         levels = len(settings.retry.topic_delays_s)
         self.topics = [
