@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.sandbox_kit.faults import Faults, add_sandbox_routes
-from connectors.sandbox_kit.ledger import SandboxLedger, WithdrawalRecord
+from connectors.sandbox_kit.ledger import IdempotencyKeyReused, SandboxLedger, WithdrawalRecord
 from connectors.sandbox_kit.push import StatusPusher
 
 log = structlog.get_logger(__name__)
@@ -123,6 +123,43 @@ def announce_withdrawal(
     if is_new and rec.whole and original is not None and reference is not None:
         pusher.schedule(original.referral_id, reference, [(decision_delay_s + 0.1, "withdrawn")])
     return reference
+
+
+@dataclass(frozen=True)
+class RecordedWithdrawal:
+    record: WithdrawalRecord
+    is_new: bool
+    reference: str | None
+    """The withdrawn case's reference at this agency (None: it has not received it)."""
+
+
+def record_withdrawal(
+    raw: bytes,
+    idempotency_key: str,
+    ledger: SandboxLedger,
+    pusher: StatusPusher,
+    decision_delay_s: float,
+    *,
+    key: str,
+    referral: str,
+    programmes: str,
+) -> RecordedWithdrawal | JSONResponse:
+    """What every REST agency's cancellation call does after its own authentication: read
+    the body in the agency's field names (``withdrawal_fields``), record it in the ledger
+    (idempotent per key; 422 on a reused key) and announce it (``announce_withdrawal``);
+    or the error answer to send."""
+    body = request_object(raw)
+    if isinstance(body, JSONResponse):
+        return body
+    fields = withdrawal_fields(body, key=key, referral=referral, programmes=programmes)
+    if isinstance(fields, JSONResponse):
+        return fields
+    try:
+        rec, is_new = ledger.withdraw(idempotency_key, **fields)
+    except IdempotencyKeyReused:
+        return error_response(422, "idempotency_key_reused")
+    reference = announce_withdrawal(pusher, ledger, rec, is_new, decision_delay_s)
+    return RecordedWithdrawal(rec, is_new, reference)
 
 
 class PushingSandboxConfig(BaseModel):

@@ -25,13 +25,12 @@ from connectors.sandbox_kit import (
     NonEmptySecret,
     PushingSandboxConfig,
     ReceivedRecord,
-    announce_withdrawal,
     apply_faults,
     error_response,
+    record_withdrawal,
     request_object,
     sandbox_app,
     utc_now,
-    withdrawal_fields,
 )
 
 __all__ = ["EmploymentSandboxConfig", "create_app"]
@@ -204,19 +203,19 @@ def create_app(config: EmploymentSandboxConfig) -> FastAPI:
             return unauthorized()
         if not key or len(key) > MAX_IDEMPOTENCY_KEY:
             return error_response(400, "missing_idempotency_key")
-        body = request_object(await request.body())
-        if isinstance(body, JSONResponse):
-            return body
-        fields = withdrawal_fields(
-            body, key="registration_key", referral="hub_referral_id", programmes="programmes"
+        recorded = record_withdrawal(
+            await request.body(),
+            key,
+            ledger,
+            pusher,
+            config.decision_delay_s,
+            key="registration_key",
+            referral="hub_referral_id",
+            programmes="programmes",
         )
-        if isinstance(fields, JSONResponse):
-            return fields
-        try:
-            rec, is_new = ledger.withdraw(key, **fields)
-        except IdempotencyKeyReused:
-            return error_response(422, "idempotency_key_reused")
-        number = announce_withdrawal(pusher, ledger, rec, is_new, config.decision_delay_s)
+        if isinstance(recorded, JSONResponse):
+            return recorded
+        rec, is_new, number = recorded.record, recorded.is_new, recorded.reference
         original = ledger.get(rec.delivery_key)
         state = (
             registration_status(original)

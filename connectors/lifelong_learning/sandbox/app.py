@@ -15,12 +15,10 @@ from pydantic import ConfigDict, Field
 from connectors.sandbox_kit import (
     IdempotencyKeyReused,
     PushingSandboxConfig,
-    announce_withdrawal,
     apply_faults,
     error_response,
-    request_object,
+    record_withdrawal,
     sandbox_app,
-    withdrawal_fields,
 )
 
 __all__ = ["COURSES", "LifelongLearningSandboxConfig", "create_app"]
@@ -119,19 +117,19 @@ def create_app(config: LifelongLearningSandboxConfig) -> FastAPI:
             return refused
         if not key or len(key) > 255:
             return error_response(400, "missing_idempotency_key")
-        body = request_object(raw)
-        if isinstance(body, JSONResponse):
-            return body
-        fields = withdrawal_fields(
-            body, key="enrolment_key", referral="hub_referral_id", programmes="courses"
+        recorded = record_withdrawal(
+            raw,
+            key,
+            ledger,
+            pusher,
+            config.decision_delay_s,
+            key="enrolment_key",
+            referral="hub_referral_id",
+            programmes="courses",
         )
-        if isinstance(fields, JSONResponse):
-            return fields
-        try:
-            rec, is_new = ledger.withdraw(key, **fields)
-        except IdempotencyKeyReused:
-            return error_response(422, "idempotency_key_reused")
-        reference = announce_withdrawal(pusher, ledger, rec, is_new, config.decision_delay_s)
+        if isinstance(recorded, JSONResponse):
+            return recorded
+        rec, is_new, reference = recorded.record, recorded.is_new, recorded.reference
         answer = {
             "enrolment_id": reference,
             "status": status(reference) if reference else "withdrawn" if rec.whole else "unknown",

@@ -25,12 +25,11 @@ from connectors.sandbox_kit import (
     IdempotencyKeyReused,
     NonEmptySecret,
     PushingSandboxConfig,
-    announce_withdrawal,
     apply_faults,
     error_response,
+    record_withdrawal,
     request_object,
     sandbox_app,
-    withdrawal_fields,
 )
 
 __all__ = ["SERVICES", "SocialGrocerySandboxConfig", "create_app"]
@@ -144,19 +143,19 @@ def create_app(config: SocialGrocerySandboxConfig) -> FastAPI:
             return error_response(401, "invalid_api_key")
         if not key or len(key) > MAX_IDEMPOTENCY_KEY:
             return error_response(400, "missing_idempotency_key")
-        body = request_object(await request.body())
-        if isinstance(body, JSONResponse):
-            return body
-        fields = withdrawal_fields(
-            body, key="external_key", referral="external_id", programmes="services"
+        recorded = record_withdrawal(
+            await request.body(),
+            key,
+            ledger,
+            pusher,
+            config.decision_delay_s,
+            key="external_key",
+            referral="external_id",
+            programmes="services",
         )
-        if isinstance(fields, JSONResponse):
-            return fields
-        try:
-            rec, is_new = ledger.withdraw(key, **fields)
-        except IdempotencyKeyReused:
-            return error_response(422, "idempotency_key_reused")
-        case_id = announce_withdrawal(pusher, ledger, rec, is_new, config.decision_delay_s)
+        if isinstance(recorded, JSONResponse):
+            return recorded
+        rec, is_new, case_id = recorded.record, recorded.is_new, recorded.reference
         state = decision(case_id) if case_id else "withdrawn" if rec.whole else "unknown"
         return JSONResponse(
             {"case_id": case_id, "status": state}, status_code=201 if is_new else 200
